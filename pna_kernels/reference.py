@@ -1,0 +1,233 @@
+"""The semantic oracle: a plain PyTorch selective scan with state entropy and halt logits.
+
+Every fast path (the vectorised PyTorch scan, Triton, CUDA, C++/OpenMP) is checked against the functions here,
+forward and backward. They loop over time in Python, materialise every state and let autograd differentiate
+them, so they are slow but obviously right, and they run in float64 on any device.
+
+Shapes (mamba-ssm's selective_scan_fn layout):
+    u, delta, z: (batch, D, L);  A: (D, N);  B, C: (batch, G, N, L) with D % G == 0 (G = 1 for ungrouped);
+    Dskip, delta_bias: (D,);  halt_weight: (D, N);  halt_bias: ();  initial_state: (batch, D, N).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the recurrence runs in: float64 for float64 inputs, float32 for everything else."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def expand_groups(BC: Tensor, D: int) -> Tensor:
+    """(batch, G, N, L) -> (batch, D, N, L): channel d reads group d // (D // G)."""
+    return BC.repeat_interleave(D // BC.shape[1], dim=1)
+
+
+def discretize_dt(delta: Tensor, delta_bias: Tensor | None, delta_softplus: bool) -> Tensor:
+    """dt = softplus(delta + delta_bias) if delta_softplus else delta + delta_bias, in delta's dtype."""
+    if delta_bias is not None:
+        delta = delta + delta_bias[..., :, None] if delta.dim() == 3 else delta + delta_bias
+    return F.softplus(delta) if delta_softplus else delta
+
+
+def entropy_sums(h: Tensor) -> tuple[Tensor, Tensor]:
+    """S1 = sum h^2 and S2 = sum h^2 log h^2 (0 log 0 = 0) over the last two dims (D, N) of h."""
+    e = h * h
+    positive = e > 0
+    s2_terms = torch.where(positive, e * torch.log(torch.where(positive, e, torch.ones_like(e))), torch.zeros_like(e))
+    return e.sum(dim=(-2, -1)), s2_terms.sum(dim=(-2, -1))
+
+
+def entropy_from_sums(s1: Tensor, s2: Tensor) -> Tensor:
+    """H = log(S1) - S2 / S1, and 0 where S1 == 0."""
+    positive = s1 > 0
+    s1_safe = torch.where(positive, s1, torch.ones_like(s1))
+    return torch.where(positive, torch.log(s1_safe) - s2 / s1_safe, torch.zeros_like(s1))
+
+
+def state_entropy(h: Tensor) -> Tensor:
+    """Energy entropy of a state h (..., D, N): p = h^2 / sum h^2 over all D*N entries, H = -sum p log p."""
+    return entropy_from_sums(*entropy_sums(h))
+
+
+def normalized_entropy(entropy: Tensor, num_states: int) -> Tensor:
+    """Entropy divided by its maximum log(D*N), so 1 means energy spread evenly over the whole state."""
+    if num_states < 2:
+        raise ValueError(f"num_states must be >= 2 to normalise entropy, got {num_states}")
+    return entropy / torch.log(torch.tensor(float(num_states), dtype=entropy.dtype, device=entropy.device))
+
+
+def selective_scan_ref(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    halt_weight: Tensor | None = None,
+    halt_bias: Tensor | None = None,
+    initial_state: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Reference selective scan, one time step at a time.
+
+    B and C may be (batch, N, L) or (batch, G, N, L). Returns
+    out (batch, D, L) in u's dtype, entropy (batch, L), halt_logits (batch, L), last_state (batch, D, N)
+    and states (batch, L, D, N), all but `out` in the compute dtype (float32, or float64 for float64 input).
+    """
+    dtype_in = u.dtype
+    cdt = compute_dtype(dtype_in)
+    batch, dim, length = u.shape
+    if B.dim() == 3:
+        B = B.unsqueeze(1)
+    if C.dim() == 3:
+        C = C.unsqueeze(1)
+    u_c, A_c = u.to(cdt), A.to(cdt)
+    dt = discretize_dt(delta.to(cdt), None if delta_bias is None else delta_bias.to(cdt), delta_softplus)
+    Bx, Cx = expand_groups(B.to(cdt), dim), expand_groups(C.to(cdt), dim)
+    h = (
+        initial_state.to(cdt)
+        if initial_state is not None
+        else torch.zeros(batch, dim, A.shape[1], dtype=cdt, device=u.device)
+    )
+    ys, states = [], []
+    for t in range(length):
+        dt_t = dt[:, :, t, None]
+        h = torch.exp(dt_t * A_c) * h + dt_t * Bx[:, :, :, t] * u_c[:, :, t, None]
+        ys.append((h * Cx[:, :, :, t]).sum(-1))
+        states.append(h)
+    y = torch.stack(ys, dim=-1)
+    hs = torch.stack(states, dim=1)
+    if D is not None:
+        y = y + D.to(cdt)[:, None] * u_c
+    if z is not None:
+        y = y * F.silu(z.to(cdt))
+    entropy = state_entropy(hs)
+    halt = torch.zeros(batch, length, dtype=cdt, device=u.device)
+    if halt_weight is not None:
+        halt = (hs * halt_weight.to(cdt)).sum(dim=(-2, -1))
+    if halt_bias is not None:
+        halt = halt + halt_bias.to(cdt)
+    return y.to(dtype_in), entropy, halt, h, hs
+
+
+def selective_state_update_ref(
+    state: Tensor,
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    dt_bias: Tensor | None = None,
+    dt_softplus: bool = False,
+    halt_weight: Tensor | None = None,
+    halt_bias: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One decode step. state (batch, D, N) is updated in place.
+
+    x, dt, z: (batch, D); B, C: (batch, N) or (batch, G, N). Returns y (batch, D) in x's dtype,
+    entropy (batch,) and halt_logits (batch,) in the state's compute dtype.
+    """
+    cdt = compute_dtype(x.dtype)
+    dim = x.shape[1]
+    if B.dim() == 2:
+        B = B.unsqueeze(1)
+    if C.dim() == 2:
+        C = C.unsqueeze(1)
+    Bx = B.to(cdt).repeat_interleave(dim // B.shape[1], dim=1)
+    Cx = C.to(cdt).repeat_interleave(dim // C.shape[1], dim=1)
+    dt_c = discretize_dt(dt.to(cdt), None if dt_bias is None else dt_bias.to(cdt), dt_softplus)[..., None]
+    h = torch.exp(dt_c * A.to(cdt)) * state.to(cdt) + dt_c * Bx * x.to(cdt)[..., None]
+    state.copy_(h.to(state.dtype))
+    y = (h * Cx).sum(-1)
+    if D is not None:
+        y = y + D.to(cdt) * x.to(cdt)
+    if z is not None:
+        y = y * F.silu(z.to(cdt))
+    halt = torch.zeros(x.shape[0], dtype=cdt, device=x.device)
+    if halt_weight is not None:
+        halt = (h * halt_weight.to(cdt)).sum(dim=(-2, -1))
+    if halt_bias is not None:
+        halt = halt + halt_bias.to(cdt)
+    return y.to(x.dtype), state_entropy(h), halt
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The "reference" backend: the oracle behind the common backend interface (see pna_kernels/backends.py).
+
+CHUNK_SIZE = 64
+
+
+def supports(device: torch.device, dtype: torch.dtype, dstate: int) -> str | None:
+    """The reference runs on any device and dtype."""
+    return None
+
+
+def checkpoints_from_states(initial_state: Tensor, states: Tensor, chunk_size: int) -> Tensor:
+    """(batch, n_chunks, D, N): the state before each chunk of `chunk_size` steps (chunk 0: initial_state)."""
+    before = states[:, chunk_size - 1 : -1 : chunk_size]
+    return torch.cat([initial_state.to(states.dtype)[:, None], before], dim=1)
+
+
+def scan_forward(u, delta, A, B, C, D, z, delta_bias, halt_weight, halt_bias, initial_state, delta_softplus, chunk_size):
+    """Backend forward: (out, entropy, halt_logits, last_state, checkpoints, entropy_sums)."""
+    out, entropy, halt, last, states = selective_scan_ref(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, halt_weight, halt_bias, initial_state
+    )
+    s1, s2 = entropy_sums(states)
+    return out, entropy, halt, last, checkpoints_from_states(initial_state, states, chunk_size), torch.stack([s1, s2], 1)
+
+
+def autograd_inside_custom_op() -> torch._C._ForceDispatchKeyGuard:
+    """A custom op's kernel runs below the autograd dispatch keys; this lets autograd record inside it again."""
+    keys = torch._C.DispatchKey
+    exclude = torch._C._dispatch_tls_local_exclude_set()
+    for key in (keys.AutogradFunctionality, keys.AutogradOther, keys.AutogradNestedTensor):
+        exclude = exclude - torch._C.DispatchKeySet(key)
+    return torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), exclude)
+
+
+def backward_by_recompute(scan_fn, grads, inputs, delta_softplus):
+    """Gradients of a differentiable scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, halt_weight,
+    halt_bias, initial_state) -> (out, entropy, halt, last_state, ...) by running it again under autograd."""
+    names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "halt_weight", "halt_bias", "initial_state")
+    leaves = {n: (None if t is None else t.detach().requires_grad_(True)) for n, t in zip(names, inputs)}
+    with autograd_inside_custom_op(), torch.enable_grad():
+        out, entropy, halt, last = scan_fn(
+            leaves["u"], leaves["delta"], leaves["A"], leaves["B"], leaves["C"], leaves["D"], leaves["z"],
+            leaves["delta_bias"], delta_softplus, leaves["halt_weight"], leaves["halt_bias"], leaves["initial_state"],
+        )[:4]
+        wrt = [leaves[n] for n in names if leaves[n] is not None]
+        got = torch.autograd.grad((out, entropy, halt, last), wrt, grads, allow_unused=True)
+    got_iter = iter(got)
+    result = []
+    for n in names:
+        if leaves[n] is None:
+            result.append(None)
+            continue
+        g = next(got_iter)
+        result.append(torch.zeros_like(leaves[n]) if g is None else g)
+    return tuple(result)
+
+
+def scan_backward(grad_out, grad_entropy, grad_halt, grad_last_state, u, delta, A, B, C, D, z, delta_bias,
+                  halt_weight, halt_bias, initial_state, checkpoints, entropy_sums, delta_softplus, chunk_size):
+    """Backend backward: gradients for (u, delta, A, B, C, D, z, delta_bias, halt_weight, halt_bias,
+    initial_state); the one for z is None when z is None."""
+    return backward_by_recompute(
+        selective_scan_ref,
+        (grad_out, grad_entropy, grad_halt, grad_last_state),
+        (u, delta, A, B, C, D, z, delta_bias, halt_weight, halt_bias, initial_state),
+        delta_softplus,
+    )
+
+
+def state_update(state, x, dt, A, B, C, D, z, dt_bias, halt_weight, halt_bias, dt_softplus):
+    """Backend decode step: (y, entropy, halt_logits); updates state in place."""
+    return selective_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, halt_weight, halt_bias)
