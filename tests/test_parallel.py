@@ -1,0 +1,148 @@
+"""The "torch" backend (pna_kernels.parallel) against the float64 oracle, forward and every gradient."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pna_kernels
+from pna_kernels import parallel, reference
+from pna_kernels.parallel import linear_scan, selective_scan_parallel
+from pna_kernels.reference import selective_scan_ref
+from pna_kernels.testing import RTOL, assert_close_rel, random_scan_inputs
+
+OUTPUTS = ("out", "entropy", "halt_logits", "last_state")
+
+
+def scan_with_grads(x: dict, backend: str, softplus: bool, cotangents: tuple) -> tuple[dict, dict]:
+    """Outputs of pna_kernels.selective_scan and the gradients of sum(output * cotangent) for every input."""
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in x.items() if v is not None}
+    res = pna_kernels.selective_scan(
+        leaves["u"], leaves["delta"], leaves["A"], leaves["B"], leaves["C"], leaves["D"], leaves.get("z"),
+        leaves["delta_bias"], softplus, True, halt_weight=leaves["halt_weight"], halt_bias=leaves["halt_bias"],
+        initial_state=leaves.get("initial_state"), backend=backend,
+    )
+    grads = torch.autograd.grad(tuple(res), tuple(leaves.values()),
+                                tuple(c.to(r.dtype) for c, r in zip(cotangents, res)))
+    return dict(zip(OUTPUTS, res)), dict(zip(leaves, grads))
+
+
+def random_cotangents(batch: int, dim: int, length: int, dstate: int) -> tuple:
+    gen = torch.Generator().manual_seed(99)
+    shapes = ((batch, dim, length), (batch, length), (batch, length), (batch, dim, dstate))
+    return tuple(torch.randn(*s, generator=gen, dtype=torch.float64) for s in shapes)
+
+
+SHAPES = [
+    # batch, D, L, N, groups, grouped B/C, z, initial_state, softplus
+    (1, 3, 1, 1, 1, False, True, True, True),
+    (2, 6, 37, 5, 3, True, True, False, True),
+    (3, 5, 64, 7, 1, False, False, True, False),
+    (2, 8, 129, 16, 2, True, True, True, True),
+    (1, 4, 300, 3, 4, True, False, True, True),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("batch,dim,length,dstate,groups,grouped,with_z,with_init,softplus", SHAPES)
+def test_torch_backend_matches_oracle(dtype, batch, dim, length, dstate, groups, grouped, with_z, with_init,
+                                      softplus):
+    x = random_scan_inputs(batch, dim, length, dstate, groups=groups, dtype=dtype, seed=length, with_z=with_z,
+                           with_initial_state=with_init, grouped_bc=grouped)
+    if not softplus:
+        x["delta"] = torch.nn.functional.softplus(x["delta"].double()).to(dtype)
+    x64 = {k: None if v is None else v.double() for k, v in x.items()}
+    cot = random_cotangents(batch, dim, length, dstate)
+    got_out, got_grad = scan_with_grads(x, "torch", softplus, cot)
+    want_out, want_grad = scan_with_grads(x64, "reference", softplus, cot)
+    rtol = RTOL[dtype]
+    for name in OUTPUTS:
+        assert_close_rel(name, got_out[name], want_out[name], rtol)
+    for name in want_grad:
+        assert got_grad[name].dtype == x[name].dtype, name
+        assert_close_rel(f"grad {name}", got_grad[name], want_grad[name], rtol)
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_all_states_match_oracle(grouped):
+    x = random_scan_inputs(2, 6, 23, 4, groups=2 if grouped else 1, dtype=torch.float64, seed=4,
+                           grouped_bc=grouped)
+    args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True, x["halt_weight"],
+            x["halt_bias"], x["initial_state"])
+    for name, got, want in zip(("out", "entropy", "halt", "last_state", "states"), selective_scan_parallel(*args),
+                               selective_scan_ref(*args)):
+        assert_close_rel(name, got, want, RTOL[torch.float64])
+
+
+def test_optional_inputs_absent_match_oracle():
+    x = random_scan_inputs(2, 4, 17, 3, dtype=torch.float32, seed=8, with_z=False, with_initial_state=False)
+    args = (x["u"], x["delta"], x["A"], x["B"], x["C"])
+    got, want = selective_scan_parallel(*args), selective_scan_ref(*args)
+    for name, g, w in zip(("out", "entropy", "halt", "last_state", "states"), got, want):
+        assert_close_rel(name, g, w, RTOL[torch.float32])
+    assert torch.equal(got[2], torch.zeros_like(got[2]))
+
+
+def test_vanishing_decays_stay_finite():
+    """Decays that underflow to 0 (and decays of 1) over a long sequence: no division, nothing non-finite."""
+    x = random_scan_inputs(1, 4, 200, 3, dtype=torch.float32, seed=2)
+    A = x["A"].clone()
+    A[0] = -80.0  # exp(dt * A) underflows in float32
+    A[1] = -1e-7  # almost no decay
+    args = (x["u"], x["delta"] + 4.0, A, x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True, x["halt_weight"],
+            x["halt_bias"], x["initial_state"])
+    got, want = selective_scan_parallel(*args), selective_scan_ref(*args)
+    for name, g, w in zip(("out", "entropy", "halt", "last_state", "states"), got, want):
+        assert torch.isfinite(g).all(), name
+        assert_close_rel(name, g, w, RTOL[torch.float32])
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_linear_scan_gradients(reverse):
+    gen = torch.Generator().manual_seed(1)
+    a = torch.rand(2, 9, 3, generator=gen, dtype=torch.float64).requires_grad_(True)
+    b = torch.randn(2, 9, 3, generator=gen, dtype=torch.float64).requires_grad_(True)
+    h0 = torch.randn(2, 3, generator=gen, dtype=torch.float64).requires_grad_(True)
+
+    def fn(a, b, h0):
+        return linear_scan(a, b, h0, reverse)
+
+    assert torch.autograd.gradcheck(fn, (a, b, h0))
+    assert torch.autograd.gradgradcheck(fn, (a, b, h0))
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("length", [1, 2, 5, 16, 33])
+def test_linear_scan_matches_a_loop(length, reverse):
+    gen = torch.Generator().manual_seed(length)
+    a = torch.rand(2, length, 4, generator=gen, dtype=torch.float64)
+    b = torch.randn(2, length, 4, generator=gen, dtype=torch.float64)
+    h0 = torch.randn(2, 4, generator=gen, dtype=torch.float64)
+    want = torch.empty_like(b)
+    h = h0
+    for t in reversed(range(length)) if reverse else range(length):
+        h = a[:, t] * h + b[:, t]
+        want[:, t] = h
+    torch.testing.assert_close(linear_scan(a, b, h0, reverse), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "a_shape,b_shape,h0_shape,name",
+    [((2, 5, 3), (2, 5, 4), (2, 3), "b"), ((2, 0, 3), (2, 0, 3), (2, 3), "a"), ((2, 5, 3), (2, 5, 3), (2, 4), "h0")],
+)
+def test_linear_scan_rejects_bad_shapes(a_shape, b_shape, h0_shape, name):
+    with pytest.raises(ValueError, match=f"^{name}:"):
+        linear_scan(torch.ones(a_shape), torch.ones(b_shape), torch.ones(h0_shape))
+
+
+def test_backend_forward_contract_matches_reference_backend():
+    """checkpoints and entropy sums, which the fused backends' backward reads, agree with the reference's."""
+    args = pna_kernels.validation.check_scan_inputs(
+        **{k: v for k, v in random_scan_inputs(2, 4, 10, 3, dtype=torch.float64, seed=6).items()},
+        delta_softplus=True,
+    )
+    call = (args.u, args.delta, args.A, args.B, args.C, args.D, args.z, args.delta_bias, args.halt_weight,
+            args.halt_bias, args.initial_state, True, 4)
+    names = ("out", "entropy", "halt", "last_state", "checkpoints", "entropy_sums")
+    for name, got, want in zip(names, parallel.scan_forward(*call), reference.scan_forward(*call)):
+        assert got.shape == want.shape, name
+        assert_close_rel(name, got, want, RTOL[torch.float64])
