@@ -58,6 +58,13 @@ def unsupported_reason(name: str, device: torch.device, dtype: torch.dtype, dsta
     return module.supports(device, dtype, dstate)
 
 
+@torch._dynamo.assume_constant_result
+def chunk_size(name: str) -> int:
+    """The chunk size of a backend (a constant, so torch.compile need not trace the import)."""
+    return backend_module(name).CHUNK_SIZE
+
+
+@torch._dynamo.assume_constant_result
 def resolve_backend(name: str, device: torch.device, dtype: torch.dtype, dstate: int) -> str:
     """Turn 'auto' (or the PNA_BACKEND environment variable) into a concrete backend that runs these inputs."""
     if name == "auto":

@@ -7,7 +7,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from .backends import backend_module, resolve_backend
+from .backends import backend_module, chunk_size, resolve_backend
 from .validation import check_scan_inputs, check_state_update_inputs
 
 
@@ -151,7 +151,7 @@ def selective_scan(
     name = resolve_backend(backend, u.device, u.dtype, A.shape[1])
     out, entropy, halt, last, _, _ = torch.ops.pna.selective_scan_fwd(
         args.u, args.delta, args.A, args.B, args.C, args.D, args.z, args.delta_bias, args.halt_weight,
-        args.halt_bias, args.initial_state, args.delta_softplus, name, backend_module(name).CHUNK_SIZE,
+        args.halt_bias, args.initial_state, args.delta_softplus, name, chunk_size(name),
     )
     return ScanOutput(out, entropy, halt, last if return_last_state else None)
 

@@ -133,11 +133,13 @@ def check_scan_inputs(
         _check_tensor("initial_state", initial_state, (batch, dim, dstate), device)
     if not isinstance(delta_softplus, bool):
         _fail("delta_softplus", f"expected a bool, got {type(delta_softplus).__name__}")
-    for name, t in (("A", A), ("D", D), ("delta_bias", delta_bias), ("halt_weight", halt_weight), ("halt_bias", halt_bias)):
-        _check_finite(name, t)
-    if check_finite and not torch.compiler.is_compiling():
-        for name, t in (("u", u), ("delta", delta), ("z", z), ("B", B), ("C", C), ("initial_state", initial_state)):
+    # Value checks read tensor data, which a compiled graph cannot do without breaking: they run in eager mode.
+    if not torch.compiler.is_compiling():
+        for name, t in (("A", A), ("D", D), ("delta_bias", delta_bias), ("halt_weight", halt_weight), ("halt_bias", halt_bias)):
             _check_finite(name, t)
+        if check_finite:
+            for name, t in (("u", u), ("delta", delta), ("z", z), ("B", B), ("C", C), ("initial_state", initial_state)):
+                _check_finite(name, t)
 
     def param(t: Tensor | None, shape: tuple[int, ...]) -> Tensor:
         if t is None:
