@@ -1,0 +1,38 @@
+"""The fused Triton backend: selective scan + per-token state entropy + halt logits (see pna_kernels.backends).
+
+Runs on CUDA devices, and on the CPU under TRITON_INTERPRET=1 (slow; for tests). State and math are float32
+whatever the input dtype.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .scan_backward import scan_backward
+from .scan_forward import scan_forward
+from .state_update import state_update
+
+# Steps per chunk: the forward saves the state before every chunk and the backward recomputes inside a chunk.
+# A power of two (it is a tile length); 32 keeps a (BLOCK_D, N, 32) tile in registers for N up to 256.
+CHUNK_SIZE = 32
+MAX_STATE_DIM = 256
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+__all__ = ["CHUNK_SIZE", "scan_backward", "scan_forward", "state_update", "supports"]
+
+
+def supports(device: torch.device, dtype: torch.dtype, dstate: int) -> str | None:
+    """None if the Triton kernels run inputs of this device, dtype and state size N, else a sentence why not."""
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        return "Triton runs on the CPU only under the interpreter (set TRITON_INTERPRET=1 before importing triton)"
+    if device.type not in ("cuda", "cpu"):
+        return f"Triton kernels run on CUDA devices, not {device.type}"
+    if dtype == torch.float64:
+        return ("the kernels keep state and sums in float32, so float64 inputs would lose the precision they ask "
+                "for; use the 'reference' or 'cpu' backend for float64")
+    if dtype not in DTYPES:
+        return f"inputs must be float16, bfloat16 or float32, got {dtype}"
+    if dstate > MAX_STATE_DIM:
+        return f"the state size N = {dstate} exceeds the {MAX_STATE_DIM} a register tile holds"
+    return None

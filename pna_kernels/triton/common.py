@@ -1,0 +1,55 @@
+"""Block-size choice and the small @triton.jit helpers shared by the scan, backward and decode kernels."""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+# Elements of one program's (BLOCK_D, BLOCK_N, chunk) tile. A fused scan keeps about six such fp32 tensors live
+# (decays, inputs, prefix products, states, C and the entropy terms); 4096 elements over 4 warps (8 over 8) stays
+# inside the register file of an H100 SM without spilling.
+SCAN_TILE_ELEMENTS = 4096
+# Elements of one decode-step program's (BLOCK_D, BLOCK_N) state tile.
+STATE_TILE_ELEMENTS = 2048
+
+
+def check_chunk_size(chunk_size: int) -> None:
+    """Chunks are tiles of tl.arange, so their length must be a power of two."""
+    if not isinstance(chunk_size, int) or chunk_size < 1 or chunk_size & (chunk_size - 1):
+        raise ValueError(f"chunk_size: expected a power of two (a Triton tile length), got {chunk_size!r}")
+
+
+def scan_blocks(dim_per_group: int, dstate: int, chunk_size: int) -> tuple[int, int, int]:
+    """(BLOCK_D, BLOCK_N, num_warps) of the scan kernels.
+
+    BLOCK_N is N padded to a power of two (masked); BLOCK_D channels of one group share a program, as many as fit
+    in SCAN_TILE_ELEMENTS together with the chunk, at least one.
+    """
+    block_n = triton.next_power_of_2(dstate)
+    block_d = max(1, min(triton.next_power_of_2(dim_per_group), SCAN_TILE_ELEMENTS // (block_n * chunk_size)))
+    num_warps = 4 if block_d * block_n * chunk_size <= SCAN_TILE_ELEMENTS else 8
+    return block_d, block_n, num_warps
+
+
+def state_blocks(dim_per_group: int, dstate: int) -> tuple[int, int]:
+    """(BLOCK_D, BLOCK_N) of the decode-step kernel."""
+    block_n = triton.next_power_of_2(dstate)
+    return max(1, min(triton.next_power_of_2(dim_per_group), STATE_TILE_ELEMENTS // block_n)), block_n
+
+
+@triton.jit
+def softplus(x):
+    """log(1 + exp(x)), exact to fp32 rounding (x above 20 returns x)."""
+    return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
+
+
+@triton.jit
+def linear_recurrence(a1, b1, a2, b2):
+    """Compose h -> a1*h + b1 then h -> a2*h + b2: the associative operator of h_t = a_t h_{t-1} + b_t."""
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def x_log_x(e):
+    """e * log(e) with 0 * log(0) = 0, for e >= 0."""
+    positive = e > 0.0
+    return tl.where(positive, e * tl.log(tl.where(positive, e, 1.0)), 0.0)

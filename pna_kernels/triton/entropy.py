@@ -1,0 +1,53 @@
+"""Combine per-program partial sums into state entropy and halt logits, in a fixed order (no atomics)."""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+BLOCK_L = 256
+
+
+@triton.jit
+def _combine_partials_kernel(
+    part_ptr, halt_bias_ptr, sums_ptr, entropy_ptr, halt_ptr,
+    n_blocks, length,
+    BLOCK_L: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    t = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    mask = t < length
+    s1 = tl.zeros((BLOCK_L,), dtype=tl.float32)
+    s2 = tl.zeros((BLOCK_L,), dtype=tl.float32)
+    halt = tl.zeros((BLOCK_L,), dtype=tl.float32)
+    for k in range(n_blocks):
+        base = part_ptr + (b * n_blocks + k) * 3 * length
+        s1 += tl.load(base + t, mask=mask, other=0.0)
+        s2 += tl.load(base + length + t, mask=mask, other=0.0)
+        halt += tl.load(base + 2 * length + t, mask=mask, other=0.0)
+    tl.store(sums_ptr + b * 2 * length + t, s1, mask=mask)
+    tl.store(sums_ptr + (b * 2 + 1) * length + t, s2, mask=mask)
+    positive = s1 > 0.0
+    s1_safe = tl.where(positive, s1, 1.0)
+    tl.store(entropy_ptr + b * length + t, tl.where(positive, tl.log(s1_safe) - s2 / s1_safe, 0.0), mask=mask)
+    tl.store(halt_ptr + b * length + t, halt + tl.load(halt_bias_ptr), mask=mask)
+
+
+def combine_partials(partials: Tensor, halt_bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Sum per-program partials over programs, block 0 first, and finish entropy and halt logits.
+
+    partials: (batch, n_blocks, 3, L) float32 holding each program's sum h^2, sum h^2 log h^2 and
+    sum halt_weight * h per token; halt_bias: () float32.
+    Returns entropy_sums (batch, 2, L), entropy H = log S1 - S2 / S1 (0 where S1 == 0) (batch, L) and
+    halt_logits (batch, L), all float32.
+    """
+    batch, n_blocks, _, length = partials.shape
+    sums = torch.empty(batch, 2, length, dtype=torch.float32, device=partials.device)
+    entropy = torch.empty(batch, length, dtype=torch.float32, device=partials.device)
+    halt = torch.empty(batch, length, dtype=torch.float32, device=partials.device)
+    block_l = min(BLOCK_L, triton.next_power_of_2(length))
+    _combine_partials_kernel[(batch, triton.cdiv(length, block_l))](
+        partials, halt_bias, sums, entropy, halt, n_blocks, length, BLOCK_L=block_l,
+    )
+    return sums, entropy, halt

@@ -1,0 +1,86 @@
+"""Decode step: advance the state by one token in place, with y, state entropy and halt logit."""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .common import softplus, state_blocks, x_log_x
+from .entropy import combine_partials
+
+
+@triton.jit
+def _state_update_kernel(
+    state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dt_bias_ptr, halt_weight_ptr,
+    y_ptr, part_ptr,
+    dim, dstate, n_groups, dim_per_group,
+    HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(1).to(tl.int64)
+    n_blocks = tl.num_programs(1) * tl.num_programs(2)
+    block = g * tl.num_programs(2) + tl.program_id(2)
+    d_in_group = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = d_in_group < dim_per_group
+    d = g * dim_per_group + d_in_group
+    n = tl.arange(0, BLOCK_N)
+    mask_n = n < dstate
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    dn = d[:, None] * dstate + n[None, :]
+
+    x = tl.load(x_ptr + b * dim + d, mask=mask_d, other=0.0).to(tl.float32)
+    dt = tl.load(dt_ptr + b * dim + d, mask=mask_d, other=0.0).to(tl.float32)
+    dt += tl.load(dt_bias_ptr + d, mask=mask_d, other=0.0)
+    if SOFTPLUS:
+        dt = softplus(dt)
+    dt = tl.where(mask_d, dt, 0.0)
+    bc = (b * n_groups + g) * dstate + n
+    b_n = tl.load(B_ptr + bc, mask=mask_n, other=0.0).to(tl.float32)
+    c_n = tl.load(C_ptr + bc, mask=mask_n, other=0.0).to(tl.float32)
+    A = tl.load(A_ptr + dn, mask=mask_dn, other=0.0)
+    h = tl.load(state_ptr + b * dim * dstate + dn, mask=mask_dn, other=0.0)
+    h = tl.exp(dt[:, None] * A) * h + (dt * x)[:, None] * b_n[None, :]
+    tl.store(state_ptr + b * dim * dstate + dn, h, mask=mask_dn)
+
+    y = tl.sum(h * c_n[None, :], axis=1) + tl.load(D_ptr + d, mask=mask_d, other=0.0) * x
+    if HAS_Z:
+        z = tl.load(z_ptr + b * dim + d, mask=mask_d, other=0.0).to(tl.float32)
+        y = y * z * tl.sigmoid(z)
+    tl.store(y_ptr + b * dim + d, y.to(y_ptr.dtype.element_ty), mask=mask_d)
+
+    e = h * h
+    halt_weight = tl.load(halt_weight_ptr + dn, mask=mask_dn, other=0.0)
+    part = part_ptr + (b * n_blocks + block) * 3
+    tl.store(part, tl.sum(tl.sum(e, axis=1), axis=0))
+    tl.store(part + 1, tl.sum(tl.sum(x_log_x(e), axis=1), axis=0))
+    tl.store(part + 2, tl.sum(tl.sum(h * halt_weight, axis=1), axis=0))
+
+
+def state_update(
+    state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor | None,
+    dt_bias: Tensor, halt_weight: Tensor, halt_bias: Tensor, dt_softplus: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One decode step on canonical inputs (see pna_kernels.backends); `state` is updated in place.
+
+    state: (batch, D, N) float32, contiguous; x, dt, z: (batch, D) float16/bfloat16/float32; B, C: (batch, G, N)
+    in x's dtype; A, halt_weight: (D, N), D, dt_bias: (D,), halt_bias: (), float32.
+    Returns y (batch, D) in x's dtype, entropy (batch,) and halt_logits (batch,) float32.
+    """
+    if state.dtype != torch.float32 or not state.is_contiguous():
+        raise ValueError(f"state: expected a contiguous float32 tensor, got {state.dtype}, "
+                         f"contiguous={state.is_contiguous()}")
+    batch, dim = x.shape
+    n_groups, dstate = B.shape[1], B.shape[2]
+    dim_per_group = dim // n_groups
+    block_d, block_n = state_blocks(dim_per_group, dstate)
+    blocks_per_group = triton.cdiv(dim_per_group, block_d)
+    y = torch.empty(batch, dim, dtype=x.dtype, device=x.device)
+    partials = torch.empty(batch, n_groups * blocks_per_group, 3, 1, dtype=torch.float32, device=x.device)
+    _state_update_kernel[(batch, n_groups, blocks_per_group)](
+        state, x, dt, A, B, C, D, x if z is None else z, dt_bias, halt_weight, y, partials,
+        dim, dstate, n_groups, dim_per_group,
+        HAS_Z=z is not None, SOFTPLUS=dt_softplus, BLOCK_D=block_d, BLOCK_N=block_n,
+    )
+    _, entropy, halt = combine_partials(partials, halt_bias)
+    return y, entropy[:, 0], halt[:, 0]
