@@ -1,0 +1,86 @@
+// Shapes, the channel-block work split and the scalar activations shared by the CPU scan kernels.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+namespace pna_cpu {
+
+// Sizes of one fused scan: u is (batch, dim, length), A is (dim, dstate), B and C are (batch, groups, dstate,
+// length); checkpoints hold the state before every `chunk` steps.
+struct ScanDims {
+  int64_t batch;
+  int64_t dim;
+  int64_t length;
+  int64_t dstate;
+  int64_t groups;
+  int64_t chunk;
+
+  int64_t n_chunks() const { return (length + chunk - 1) / chunk; }
+  int64_t dim_per_group() const { return dim / groups; }
+};
+
+// Channels handled by one work item. Blocks never straddle a B/C group, so every block's dB/dC partial sums
+// belong to a single group. The split depends only on the shape (never on the thread count), so the fixed-order
+// reductions over blocks give bitwise identical results for any number of threads.
+constexpr int64_t kBlockChannels = 16;
+
+struct ChannelBlocks {
+  int64_t per_group;
+  int64_t dim_per_group;
+
+  explicit ChannelBlocks(const ScanDims& dims)
+      : per_group((dims.dim_per_group() + kBlockChannels - 1) / kBlockChannels),
+        dim_per_group(dims.dim_per_group()) {}
+
+  int64_t count(const ScanDims& dims) const { return dims.groups * per_group; }
+  int64_t group(int64_t block) const { return block / per_group; }
+  int64_t begin(int64_t block) const { return group(block) * dim_per_group + (block % per_group) * kBlockChannels; }
+  int64_t end(int64_t block) const {
+    return std::min(begin(block) + kBlockChannels, (group(block) + 1) * dim_per_group);
+  }
+};
+
+// torch.nn.functional.softplus with beta 1 and threshold 20, and its derivative as torch computes it.
+template <typename scalar_t>
+inline scalar_t softplus(scalar_t x) {
+  return x > scalar_t(20) ? x : std::log1p(std::exp(x));
+}
+
+template <typename scalar_t>
+inline scalar_t softplus_grad(scalar_t x) {
+  if (x > scalar_t(20)) return scalar_t(1);
+  const scalar_t ex = std::exp(x);
+  return ex / (ex + scalar_t(1));
+}
+
+template <typename scalar_t>
+inline scalar_t sigmoid(scalar_t x) {
+  return scalar_t(1) / (scalar_t(1) + std::exp(-x));
+}
+
+template <typename scalar_t>
+inline scalar_t silu(scalar_t x) {
+  return x * sigmoid(x);
+}
+
+template <typename scalar_t>
+inline scalar_t silu_grad(scalar_t x) {
+  const scalar_t s = sigmoid(x);
+  return s * (scalar_t(1) + x * (scalar_t(1) - s));
+}
+
+// dt = softplus(x) or x, where x = delta + delta_bias.
+template <typename scalar_t>
+inline scalar_t discretize(scalar_t x, bool use_softplus) {
+  return use_softplus ? softplus(x) : x;
+}
+
+// Entropy H = log(S1) - S2 / S1 of the sums S1 = sum e and S2 = sum e log e; 0 for an all-zero state.
+template <typename scalar_t>
+inline scalar_t entropy_from_sums(scalar_t s1, scalar_t s2) {
+  return s1 > scalar_t(0) ? std::log(s1) - s2 / s1 : scalar_t(0);
+}
+
+}  // namespace pna_cpu
