@@ -1,0 +1,224 @@
+"""The fused Triton backend against the float64 oracle, through the public op (custom op + autograd).
+
+On the CPU these run under TRITON_INTERPRET=1 (set in conftest.py), so shapes stay small; CHUNK_SIZE is lowered
+to 8 where a test needs several chunks on a short sequence.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pna_kernels
+import pna_kernels.triton as triton_backend
+from pna_kernels import reference
+from pna_kernels.reference import selective_scan_ref, selective_state_update_ref
+from pna_kernels.testing import RTOL, assert_close_rel, random_scan_inputs
+from pna_kernels.validation import check_scan_inputs
+
+from conftest import requires_cuda
+
+OUTPUTS = ("out", "entropy", "halt_logits", "last_state")
+SMALL_CHUNK = 8
+
+
+def make_inputs(batch: int, dim: int, length: int, dstate: int, groups: int, grouped: bool, with_z: bool,
+                with_init: bool, softplus: bool, dtype: torch.dtype = torch.float32, device: str = "cpu") -> dict:
+    """random_scan_inputs, with positive deltas when the op does not apply softplus itself."""
+    x = random_scan_inputs(batch, dim, length, dstate, groups=groups, dtype=dtype, device=device, seed=length + dim,
+                           with_z=with_z, with_initial_state=with_init, grouped_bc=grouped)
+    if not softplus:
+        x["delta"] = F.softplus(x["delta"].double()).to(dtype)
+    return x
+
+
+def cotangents(batch: int, dim: int, length: int, dstate: int, device: str = "cpu") -> tuple:
+    """Random weights for out, entropy, halt_logits and last_state in the scalar loss."""
+    gen = torch.Generator().manual_seed(7)
+    shapes = ((batch, dim, length), (batch, length), (batch, length), (batch, dim, dstate))
+    return tuple(torch.randn(*s, generator=gen, dtype=torch.float64).to(device) for s in shapes)
+
+
+def scan_with_grads(x: dict, softplus: bool, cot: tuple, backend: str = "triton") -> tuple[dict, dict]:
+    """Outputs of pna_kernels.selective_scan and the gradients of sum(output * cotangent) for every given input."""
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in x.items() if v is not None}
+    res = pna_kernels.selective_scan(
+        leaves["u"], leaves["delta"], leaves["A"], leaves["B"], leaves["C"], leaves["D"], leaves.get("z"),
+        leaves["delta_bias"], softplus, True, halt_weight=leaves["halt_weight"], halt_bias=leaves["halt_bias"],
+        initial_state=leaves.get("initial_state"), backend=backend,
+    )
+    grads = torch.autograd.grad(tuple(res), tuple(leaves.values()), tuple(c.to(r.dtype) for c, r in zip(cot, res)))
+    return dict(zip(OUTPUTS, res)), dict(zip(leaves, grads))
+
+
+def oracle_with_grads(x: dict, softplus: bool, cot: tuple) -> tuple[dict, dict]:
+    """The same in float64 on the same (already rounded) inputs, through the reference backend."""
+    return scan_with_grads({k: None if v is None else v.double() for k, v in x.items()}, softplus, cot, "reference")
+
+
+def assert_matches_oracle(x: dict, softplus: bool, rtol: float) -> None:
+    batch, dim, length = x["u"].shape
+    cot = cotangents(batch, dim, length, x["A"].shape[1], x["u"].device.type)
+    got_out, got_grad = scan_with_grads(x, softplus, cot)
+    want_out, want_grad = oracle_with_grads(x, softplus, cot)
+    for name in OUTPUTS:
+        assert_close_rel(name, got_out[name], want_out[name], rtol)
+    assert got_out["out"].dtype == x["u"].dtype
+    assert set(got_grad) == set(want_grad)
+    for name, want in want_grad.items():
+        assert got_grad[name].dtype == x[name].dtype, f"d{name}: dtype {got_grad[name].dtype}"
+        assert_close_rel(f"d{name}", got_grad[name], want, rtol)
+
+
+# batch, D, L, N, groups, grouped B/C, z, initial_state, softplus. With CHUNK_SIZE = 8 every L is 2-3 chunks and
+# not a multiple of 8; D per group (3, 5, 2) is not a power of two, so BLOCK_D has masked channels.
+SHAPES = [
+    (2, 6, 19, 4, 2, True, True, True, True),
+    (1, 5, 13, 16, 1, True, False, False, False),
+    (2, 4, 21, 16, 2, True, True, False, False),
+    (1, 3, 17, 4, 1, False, False, True, True),
+]
+
+
+@pytest.mark.parametrize("batch,dim,length,dstate,groups,grouped,with_z,with_init,softplus", SHAPES)
+def test_float32_matches_oracle(monkeypatch, batch, dim, length, dstate, groups, grouped, with_z, with_init, softplus):
+    monkeypatch.setattr(triton_backend, "CHUNK_SIZE", SMALL_CHUNK)
+    x = make_inputs(batch, dim, length, dstate, groups, grouped, with_z, with_init, softplus)
+    assert_matches_oracle(x, softplus, RTOL[torch.float32])
+
+
+def test_default_chunk_size_with_partial_last_chunk():
+    length = triton_backend.CHUNK_SIZE + 5
+    x = make_inputs(1, 2, length, 4, 1, True, True, True, True)
+    assert_matches_oracle(x, True, RTOL[torch.float32])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_low_precision_inputs_match_oracle(monkeypatch, dtype):
+    monkeypatch.setattr(triton_backend, "CHUNK_SIZE", SMALL_CHUNK)
+    x = make_inputs(2, 6, 19, 4, 2, True, True, True, True, dtype=dtype)
+    assert_matches_oracle(x, True, RTOL[dtype])
+
+
+def nan_filled_empty(real_empty):
+    """A torch.empty that hands out NaN-filled floating tensors, so any element a kernel leaves unwritten shows."""
+    def empty(*args, **kwargs):
+        t = real_empty(*args, **kwargs)
+        return t.fill_(math.nan) if t.is_floating_point() else t
+    return empty
+
+
+def test_every_output_element_is_written(monkeypatch):
+    monkeypatch.setattr(triton_backend, "CHUNK_SIZE", SMALL_CHUNK)
+    x = make_inputs(2, 6, 19, 4, 2, True, True, True, True)
+    args = check_scan_inputs(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True,
+                             x["halt_weight"], x["halt_bias"], x["initial_state"])
+    canonical = (args.u, args.delta, args.A, args.B, args.C, args.D, args.z, args.delta_bias, args.halt_weight,
+                 args.halt_bias, args.initial_state)
+    want = reference.scan_forward(*(None if t is None else t.double() for t in canonical), True, SMALL_CHUNK)
+    cot = cotangents(2, 6, 19, 4)
+    want_out, want_grad = oracle_with_grads(x, True, cot)
+
+    monkeypatch.setattr(torch, "empty", nan_filled_empty(torch.empty))
+    assert torch.isnan(torch.empty(3)).all()
+    got = triton_backend.scan_forward(*canonical, True, SMALL_CHUNK)
+    got_out, got_grad = scan_with_grads(x, True, cot)
+
+    names = OUTPUTS + ("checkpoints", "entropy_sums")
+    for name, g, w in zip(names, got, want):
+        assert_close_rel(name, g, w, RTOL[torch.float32])
+    for name in OUTPUTS:
+        assert_close_rel(name, got_out[name], want_out[name], RTOL[torch.float32])
+    for name, w in want_grad.items():
+        assert_close_rel(f"d{name}", got_grad[name], w, RTOL[torch.float32])
+
+
+def test_repeated_runs_are_bitwise_equal(monkeypatch):
+    monkeypatch.setattr(triton_backend, "CHUNK_SIZE", SMALL_CHUNK)
+    x = make_inputs(2, 6, 19, 4, 2, True, True, True, True)
+    cot = cotangents(2, 6, 19, 4)
+    first_out, first_grad = scan_with_grads(x, True, cot)
+    second_out, second_grad = scan_with_grads(x, True, cot)
+    for name in OUTPUTS:
+        assert torch.equal(first_out[name], second_out[name]), name
+    for name in first_grad:
+        assert torch.equal(first_grad[name], second_grad[name]), f"d{name}"
+
+
+def decode_inputs(x: dict, t: int) -> dict:
+    """Step t of scan inputs in the decode layout: x, dt, z (batch, D); B, C (batch, G, N)."""
+    return {"x": x["u"][..., t], "dt": x["delta"][..., t], "z": None if x["z"] is None else x["z"][..., t],
+            "B": x["B"][..., t], "C": x["C"][..., t]}
+
+
+@pytest.mark.parametrize("dstate,groups,with_z,softplus", [(4, 2, True, True), (16, 1, False, False)])
+def test_state_update_matches_oracle(dstate, groups, with_z, softplus):
+    x = make_inputs(2, 6, 1, dstate, groups, True, with_z, True, softplus)
+    step = decode_inputs(x, 0)
+    state = x["initial_state"].clone()
+    state64 = x["initial_state"].double()
+    got = pna_kernels.selective_state_update(
+        state, step["x"], step["dt"], x["A"], step["B"], step["C"], x["D"], step["z"], x["delta_bias"], softplus,
+        halt_weight=x["halt_weight"], halt_bias=x["halt_bias"], backend="triton",
+    )
+    want = selective_state_update_ref(
+        state64, step["x"].double(), step["dt"].double(), x["A"].double(), step["B"].double(), step["C"].double(),
+        x["D"].double(), None if step["z"] is None else step["z"].double(), x["delta_bias"].double(), softplus,
+        x["halt_weight"].double(), x["halt_bias"].double(),
+    )
+    for name, g, w in zip(("y", "entropy", "halt_logits"), got, want):
+        assert_close_rel(name, g, w, RTOL[torch.float32])
+    assert_close_rel("state", state, state64, RTOL[torch.float32])
+
+
+def test_decode_loop_equals_full_scan():
+    steps = 11
+    x = make_inputs(2, 6, steps, 4, 2, True, True, True, True)
+    full = pna_kernels.selective_scan(
+        x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True, True,
+        halt_weight=x["halt_weight"], halt_bias=x["halt_bias"], initial_state=x["initial_state"], backend="triton",
+    )
+    state = x["initial_state"].clone()
+    ys, entropies, halts = [], [], []
+    for t in range(steps):
+        step = decode_inputs(x, t)
+        y, entropy, halt = pna_kernels.selective_state_update(
+            state, step["x"], step["dt"], x["A"], step["B"], step["C"], x["D"], step["z"], x["delta_bias"], True,
+            halt_weight=x["halt_weight"], halt_bias=x["halt_bias"], backend="triton",
+        )
+        ys.append(y)
+        entropies.append(entropy)
+        halts.append(halt)
+    assert_close_rel("out", torch.stack(ys, -1), full.out, RTOL[torch.float32])
+    assert_close_rel("entropy", torch.stack(entropies, -1), full.entropy, RTOL[torch.float32])
+    assert_close_rel("halt_logits", torch.stack(halts, -1), full.halt_logits, RTOL[torch.float32])
+    assert_close_rel("last_state", state, full.last_state, RTOL[torch.float32])
+
+
+def test_supports_says_why_not(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert triton_backend.supports(cpu, torch.bfloat16, 256) is None
+    assert triton_backend.supports(cuda, torch.float16, 16) is None
+    assert "float64" in triton_backend.supports(cuda, torch.float64, 16)
+    assert "257" in triton_backend.supports(cuda, torch.float32, 257)
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert "TRITON_INTERPRET" in triton_backend.supports(cpu, torch.float32, 16)
+
+
+def test_chunk_size_must_be_a_power_of_two():
+    x = make_inputs(1, 2, 5, 4, 1, True, False, True, True)
+    args = check_scan_inputs(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True,
+                             x["halt_weight"], x["halt_bias"], x["initial_state"])
+    with pytest.raises(ValueError, match="chunk_size"):
+        triton_backend.scan_forward(args.u, args.delta, args.A, args.B, args.C, args.D, args.z, args.delta_bias,
+                                    args.halt_weight, args.halt_bias, args.initial_state, True, 6)
+
+
+@requires_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_cuda_realistic_shape_matches_oracle(dtype):
+    x = make_inputs(2, 96, 300, 16, 2, True, True, True, True, dtype=dtype, device="cuda")
+    assert_matches_oracle(x, True, RTOL[dtype])
