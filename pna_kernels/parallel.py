@@ -26,23 +26,30 @@ CHUNK_SIZE = 64
 
 def _doubling_scan(a: Tensor, b: Tensor, h0: Tensor, reverse: bool) -> Tensor:
     """h along dim 1 of (batch, L, ...) tensors: h_t = a_t h_{t-1} + b_t with h_{-1} = h0 (batch, ...), or, if
-    reverse, h_t = a_t h_{t+1} + b_t with h_L = h0. Hillis-Steele doubling; works on copies of a and b."""
+    reverse, h_t = a_t h_{t+1} + b_t with h_L = h0. Hillis-Steele doubling; a and b are left unchanged."""
     length = a.shape[1]
-    a, b = a.clone(), b.clone()
     first = length - 1 if reverse else 0
+    b = b.clone()
     b[:, first] += a[:, first] * h0
-    step = 1
+    b_next = torch.empty_like(b)
+    a_buffers = (torch.empty_like(a), torch.empty_like(a))
+    step, level = 1, 0
     while step < length:
-        # After this level, (a_t, b_t) maps the state 2*step positions back (ahead, if reverse) to h_t.
-        if reverse:
-            b[:, :-step] += a[:, :-step] * b[:, step:]
-            if 2 * step < length:  # a_t is read again only where a partner 2*step away exists
-                a[:, : -2 * step] = a[:, : -2 * step] * a[:, step:-step]
-        else:
-            b[:, step:] += a[:, step:] * b[:, :-step]
-            if 2 * step < length:
-                a[:, 2 * step :] = a[:, 2 * step :] * a[:, step:-step]
-        step *= 2
+        # (a_t, b_t) maps the state `step` positions back (ahead, if reverse) to h_t; combining it with the pair
+        # `step` further on makes it span 2 * step. Results go to other buffers: in place, a level would read
+        # entries it has already overwritten.
+        combined = slice(None, -step) if reverse else slice(step, None)
+        partner = slice(step, None) if reverse else slice(None, -step)
+        kept = slice(-step, None) if reverse else slice(None, step)
+        b_next[:, kept] = b[:, kept]
+        torch.addcmul(b[:, combined], a[:, combined], b[:, partner], out=b_next[:, combined])
+        b, b_next = b_next, b
+        if 2 * step < length:  # decays are read again only where a partner 2 * step away exists
+            far = slice(None, -2 * step) if reverse else slice(2 * step, None)
+            a_next = a_buffers[level % 2]
+            torch.mul(a[:, far], a[:, step:-step], out=a_next[:, far])
+            a = a_next
+        step, level = 2 * step, level + 1
     return b
 
 
