@@ -1,7 +1,8 @@
 """The fused Triton backend against the float64 oracle, through the public op (custom op + autograd).
 
-On the CPU these run under TRITON_INTERPRET=1 (set in conftest.py), so shapes stay small; CHUNK_SIZE is lowered
-to 8 where a test needs several chunks on a short sequence.
+On the CPU these run under TRITON_INTERPRET=1 (set in conftest.py), so shapes stay small. The `small_tiles`
+fixture lowers CHUNK_SIZE to 8 and the tile sizes so that a short sequence spans several chunks and the channels
+of one group several D-blocks (BLOCK_D = 2 or 1), the last one partly masked.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 
 import pna_kernels
 import pna_kernels.triton as triton_backend
+import pna_kernels.triton.common as triton_common
 from pna_kernels import reference
 from pna_kernels.reference import selective_scan_ref, selective_state_update_ref
 from pna_kernels.testing import RTOL, assert_close_rel, random_scan_inputs
@@ -22,6 +24,14 @@ from conftest import requires_cuda
 
 OUTPUTS = ("out", "entropy", "halt_logits", "last_state")
 SMALL_CHUNK = 8
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """CHUNK_SIZE 8; BLOCK_D 2 for N = 4 and 1 for N = 16, in the scan and the decode step."""
+    monkeypatch.setattr(triton_backend, "CHUNK_SIZE", SMALL_CHUNK)
+    monkeypatch.setattr(triton_common, "SCAN_TILE_ELEMENTS", 2 * 4 * SMALL_CHUNK)
+    monkeypatch.setattr(triton_common, "STATE_TILE_ELEMENTS", 2 * 4)
 
 
 def make_inputs(batch: int, dim: int, length: int, dstate: int, groups: int, grouped: bool, with_z: bool,
@@ -72,8 +82,8 @@ def assert_matches_oracle(x: dict, softplus: bool, rtol: float) -> None:
         assert_close_rel(f"d{name}", got_grad[name], want, rtol)
 
 
-# batch, D, L, N, groups, grouped B/C, z, initial_state, softplus. With CHUNK_SIZE = 8 every L is 2-3 chunks and
-# not a multiple of 8; D per group (3, 5, 2) is not a power of two, so BLOCK_D has masked channels.
+# batch, D, L, N, groups, grouped B/C, z, initial_state, softplus. With small_tiles every L is 2-3 chunks and not a
+# multiple of 8; D per group (3, 5, 2, 3) spans 2-5 D-blocks, and 3 and 5 are not multiples of BLOCK_D = 2.
 SHAPES = [
     (2, 6, 19, 4, 2, True, True, True, True),
     (1, 5, 13, 16, 1, True, False, False, False),
@@ -83,21 +93,19 @@ SHAPES = [
 
 
 @pytest.mark.parametrize("batch,dim,length,dstate,groups,grouped,with_z,with_init,softplus", SHAPES)
-def test_float32_matches_oracle(monkeypatch, batch, dim, length, dstate, groups, grouped, with_z, with_init, softplus):
-    monkeypatch.setattr(triton_backend, "CHUNK_SIZE", SMALL_CHUNK)
+def test_float32_matches_oracle(small_tiles, batch, dim, length, dstate, groups, grouped, with_z, with_init, softplus):
     x = make_inputs(batch, dim, length, dstate, groups, grouped, with_z, with_init, softplus)
     assert_matches_oracle(x, softplus, RTOL[torch.float32])
 
 
-def test_default_chunk_size_with_partial_last_chunk():
+def test_default_tiles_with_partial_last_chunk():
     length = triton_backend.CHUNK_SIZE + 5
     x = make_inputs(1, 2, length, 4, 1, True, True, True, True)
     assert_matches_oracle(x, True, RTOL[torch.float32])
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-def test_low_precision_inputs_match_oracle(monkeypatch, dtype):
-    monkeypatch.setattr(triton_backend, "CHUNK_SIZE", SMALL_CHUNK)
+def test_low_precision_inputs_match_oracle(small_tiles, dtype):
     x = make_inputs(2, 6, 19, 4, 2, True, True, True, True, dtype=dtype)
     assert_matches_oracle(x, True, RTOL[dtype])
 
@@ -110,8 +118,7 @@ def nan_filled_empty(real_empty):
     return empty
 
 
-def test_every_output_element_is_written(monkeypatch):
-    monkeypatch.setattr(triton_backend, "CHUNK_SIZE", SMALL_CHUNK)
+def test_every_output_element_is_written(small_tiles, monkeypatch):
     x = make_inputs(2, 6, 19, 4, 2, True, True, True, True)
     args = check_scan_inputs(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True,
                              x["halt_weight"], x["halt_bias"], x["initial_state"])
@@ -135,8 +142,7 @@ def test_every_output_element_is_written(monkeypatch):
         assert_close_rel(f"d{name}", got_grad[name], w, RTOL[torch.float32])
 
 
-def test_repeated_runs_are_bitwise_equal(monkeypatch):
-    monkeypatch.setattr(triton_backend, "CHUNK_SIZE", SMALL_CHUNK)
+def test_repeated_runs_are_bitwise_equal(small_tiles):
     x = make_inputs(2, 6, 19, 4, 2, True, True, True, True)
     cot = cotangents(2, 6, 19, 4)
     first_out, first_grad = scan_with_grads(x, True, cot)
@@ -154,7 +160,8 @@ def decode_inputs(x: dict, t: int) -> dict:
 
 
 @pytest.mark.parametrize("dstate,groups,with_z,softplus", [(4, 2, True, True), (16, 1, False, False)])
-def test_state_update_matches_oracle(dstate, groups, with_z, softplus):
+def test_state_update_matches_oracle(small_tiles, monkeypatch, dstate, groups, with_z, softplus):
+    monkeypatch.setattr(torch, "empty", nan_filled_empty(torch.empty))
     x = make_inputs(2, 6, 1, dstate, groups, True, with_z, True, softplus)
     step = decode_inputs(x, 0)
     state = x["initial_state"].clone()
@@ -173,7 +180,7 @@ def test_state_update_matches_oracle(dstate, groups, with_z, softplus):
     assert_close_rel("state", state, state64, RTOL[torch.float32])
 
 
-def test_decode_loop_equals_full_scan():
+def test_decode_loop_equals_full_scan(small_tiles):
     steps = 11
     x = make_inputs(2, 6, steps, 4, 2, True, True, True, True)
     full = pna_kernels.selective_scan(

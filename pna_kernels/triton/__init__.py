@@ -14,8 +14,9 @@ from .scan_forward import scan_forward
 from .state_update import state_update
 
 # Steps per chunk: the forward saves the state before every chunk and the backward recomputes inside a chunk.
-# A power of two (it is a tile length); 32 keeps a (BLOCK_D, N, 32) tile in registers for N up to 256.
-CHUNK_SIZE = 32
+# A power of two (it is a tile length); 16 keeps a (BLOCK_D, N, 16) tile in registers for N up to 256 while the
+# checkpoints (batch, L / 16, D, N) stay N / 16 times the size of u.
+CHUNK_SIZE = 16
 MAX_STATE_DIM = 256
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 

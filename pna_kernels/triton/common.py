@@ -4,13 +4,13 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-# Elements of one program's (BLOCK_D, BLOCK_N, chunk) tile. A fused scan keeps about six such fp32 tensors live
-# (decays, inputs, prefix products, states, C and the entropy terms); 4096 elements over 4 warps (8 over 8) stays
-# inside the register file of an H100 SM without spilling.
-SCAN_TILE_ELEMENTS = 4096
-# Elements of one decode-step program's (BLOCK_D, BLOCK_N) state tile.
-STATE_TILE_ELEMENTS = 2048
-
+# Elements of one program's (BLOCK_D, BLOCK_N, chunk) tile, spread over num_warps = tile / 512 warps (at least 4):
+# 16 elements of each live fp32 tile per thread. Compiled for sm_90 with CHUNK_SIZE 16, the forward needs 147-225
+# registers a thread and no stack, the backward 224-255 registers and at most 48 bytes of stack (N = 4 and 256).
+SCAN_TILE_ELEMENTS = 2048
+# Elements of one decode-step program's (BLOCK_D, BLOCK_N) state tile: 8 a thread over 4 warps, so that a
+# memory-bound decode step of one sequence still spreads over D * N / 1024 programs.
+STATE_TILE_ELEMENTS = 1024
 
 def check_chunk_size(chunk_size: int) -> None:
     """Chunks are tiles of tl.arange, so their length must be a power of two."""
@@ -26,7 +26,7 @@ def scan_blocks(dim_per_group: int, dstate: int, chunk_size: int) -> tuple[int, 
     """
     block_n = triton.next_power_of_2(dstate)
     block_d = max(1, min(triton.next_power_of_2(dim_per_group), SCAN_TILE_ELEMENTS // (block_n * chunk_size)))
-    num_warps = 4 if block_d * block_n * chunk_size <= SCAN_TILE_ELEMENTS else 8
+    num_warps = min(16, max(4, block_d * block_n * chunk_size // 512))
     return block_d, block_n, num_warps
 
 

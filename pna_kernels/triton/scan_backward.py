@@ -65,7 +65,7 @@ def _scan_bwd_kernel(
         mask_nt = mask_n[:, None] & mask_t[None, :]
         row = (b * dim + d)[:, None] * length + t[None, :]
         bc_row = ((b * n_groups + g) * dstate + n)[:, None] * length + t[None, :]
-        u, x, dt, b_t, decay, inp, hs = chunk_states(
+        u, x, dt, b_t, _, inp, hs = chunk_states(
             u_ptr, delta_ptr, B_ptr, A, delta_bias, h0, row, bc_row, mask_dt, mask_nt, SOFTPLUS
         )
         c_t = tl.load(C_ptr + bc_row, mask=mask_nt, other=0.0).to(tl.float32)
@@ -102,7 +102,8 @@ def _scan_bwd_kernel(
         decay_next = tl.exp(tl.where(mask_next, dt_next, 0.0)[:, None, :] * A[:, :, None])
         prod, acc = tl.associative_scan((decay_next, local), axis=2, combine_fn=linear_recurrence, reverse=True)
         adj = acc + prod * carry[:, :, None]
-        carry = tl.sum(tl.where(steps[None, None, :] == 0, decay * adj, 0.0), axis=2)
+        dt_first = tl.sum(tl.where(steps[None, :] == 0, dt, 0.0), axis=1)
+        carry = tl.exp(dt_first[:, None] * A) * tl.sum(tl.where(steps[None, None, :] == 0, adj, 0.0), axis=2)
 
         prev = hs - inp  # a_t h_{t-1}
         ddt = tl.sum(adj * (prev * A[:, :, None] + b_t[None, :, :] * u[:, None, :]), axis=1)
