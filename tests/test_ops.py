@@ -57,12 +57,6 @@ def _scan_loss(u, delta, A, B, C, D, z, delta_bias, halt_weight, halt_bias, init
     return res.out.square().sum() + res.entropy.sum() + (res.halt_logits * 0.5).sum() + res.last_state.sum()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=torch._dynamo.exc.TorchDynamoException,
-    reason="graph breaks: validation.check_scan_inputs reads parameter values (finite checks) and "
-    "backends.backend_module calls importlib while compiling",
-)
 def test_compile_fullgraph_matches_eager():
     x = random_scan_inputs(2, 4, 6, 3, groups=2, seed=4)
     leaves = {k: v.requires_grad_(True) for k, v in x.items()}
