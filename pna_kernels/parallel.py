@@ -124,15 +124,15 @@ def _scan_states(
     dstate = A.shape[1]
     B4 = B.unsqueeze(1) if B.dim() == 3 else B
     C4 = C.unsqueeze(1) if C.dim() == 3 else C
-    groups = B4.shape[1]
-    per_group = dim // groups
     u_c = u.to(cdt)
     dt = discretize_dt(delta.to(cdt), None if delta_bias is None else delta_bias.to(cdt), delta_softplus)
     # Time-major (batch, L, D, N) layout, so every doubling step slices whole contiguous blocks.
     dt_t = dt.transpose(1, 2).contiguous()
-    dtu = (dt_t * u_c.transpose(1, 2)).view(batch, length, groups, per_group, 1)
-    B_t = B4.to(cdt).permute(0, 3, 1, 2).contiguous().view(batch, length, groups, 1, dstate)
-    C_t = C4.to(cdt).permute(0, 3, 1, 2).contiguous().view(batch, length, groups, dstate, 1)
+    # Channel d reads group d // (D // G): split D into (G, D // G) instead of repeating B and C per channel.
+    g_b, g_c = B4.shape[1], C4.shape[1]
+    dtu = (dt_t * u_c.transpose(1, 2)).view(batch, length, g_b, dim // g_b, 1)
+    B_t = B4.to(cdt).permute(0, 3, 1, 2).contiguous().view(batch, length, g_b, 1, dstate)
+    C_t = C4.to(cdt).permute(0, 3, 1, 2).contiguous().view(batch, length, g_c, dstate, 1)
     a = torch.exp(dt_t[..., None] * A.to(cdt))
     b = (dtu * B_t).view(batch, length, dim, dstate)
     h0 = (
@@ -141,7 +141,7 @@ def _scan_states(
         else torch.zeros(batch, dim, dstate, dtype=cdt, device=u.device)
     )
     states = linear_scan(a, b, h0)
-    y = torch.matmul(states.view(batch, length, groups, per_group, dstate), C_t).view(batch, length, dim)
+    y = torch.matmul(states.view(batch, length, g_c, dim // g_c, dstate), C_t).view(batch, length, dim)
     y = y.transpose(1, 2)
     if D is not None:
         y = y + D.to(cdt)[:, None] * u_c
@@ -193,8 +193,13 @@ def supports(device: torch.device, dtype: torch.dtype, dstate: int) -> str | Non
     return None
 
 
-def scan_forward(u, delta, A, B, C, D, z, delta_bias, halt_weight, halt_bias, initial_state, delta_softplus, chunk_size):
-    """Backend forward: (out, entropy, halt_logits, last_state, checkpoints, entropy_sums)."""
+def scan_forward(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor | None, delta_bias: Tensor,
+    halt_weight: Tensor, halt_bias: Tensor, initial_state: Tensor, delta_softplus: bool, chunk_size: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Backend forward on canonical inputs (see pna_kernels.backends): out (batch, D, L), entropy and
+    halt_logits (batch, L), last_state (batch, D, N), checkpoints (batch, ceil(L / chunk_size), D, N) and
+    entropy_sums (batch, 2, L)."""
     out, s1, s2, halt, states = _scan_states(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, halt_weight, halt_bias, initial_state
     )
@@ -202,8 +207,12 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, halt_weight, halt_bias, in
     return out, entropy_from_sums(s1, s2), halt, states[:, -1].contiguous(), checkpoints, torch.stack([s1, s2], 1)
 
 
-def scan_backward(grad_out, grad_entropy, grad_halt, grad_last_state, u, delta, A, B, C, D, z, delta_bias,
-                  halt_weight, halt_bias, initial_state, checkpoints, entropy_sums, delta_softplus, chunk_size):
+def scan_backward(
+    grad_out: Tensor, grad_entropy: Tensor, grad_halt: Tensor, grad_last_state: Tensor,
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor | None, delta_bias: Tensor,
+    halt_weight: Tensor, halt_bias: Tensor, initial_state: Tensor, checkpoints: Tensor, entropy_sums: Tensor,
+    delta_softplus: bool, chunk_size: int,
+) -> tuple[Tensor | None, ...]:
     """Backend backward by recomputing the parallel scan under autograd: gradients for (u, delta, A, B, C, D, z,
     delta_bias, halt_weight, halt_bias, initial_state); the one for z is None when z is None."""
     return reference.backward_by_recompute(
@@ -214,7 +223,10 @@ def scan_backward(grad_out, grad_entropy, grad_halt, grad_last_state, u, delta, 
     )
 
 
-def state_update(state, x, dt, A, B, C, D, z, dt_bias, halt_weight, halt_bias, dt_softplus):
+def state_update(
+    state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor | None,
+    dt_bias: Tensor, halt_weight: Tensor, halt_bias: Tensor, dt_softplus: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Backend decode step: (y, entropy, halt_logits); updates state in place. One step has no time axis to
     parallelise, so it is the reference's."""
     return reference.selective_state_update_ref(

@@ -9,6 +9,7 @@ from pna_kernels import parallel, reference
 from pna_kernels.parallel import linear_scan, selective_scan_parallel
 from pna_kernels.reference import selective_scan_ref
 from pna_kernels.testing import RTOL, assert_close_rel, random_scan_inputs
+from pna_kernels.validation import check_scan_inputs
 
 OUTPUTS = ("out", "entropy", "halt_logits", "last_state")
 
@@ -68,6 +69,15 @@ def test_all_states_match_oracle(grouped):
                            grouped_bc=grouped)
     args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True, x["halt_weight"],
             x["halt_bias"], x["initial_state"])
+    for name, got, want in zip(("out", "entropy", "halt", "last_state", "states"), selective_scan_parallel(*args),
+                               selective_scan_ref(*args)):
+        assert_close_rel(name, got, want, RTOL[torch.float64])
+
+
+def test_b_and_c_with_different_group_counts():
+    x = random_scan_inputs(2, 6, 11, 4, groups=3, dtype=torch.float64, seed=9)
+    C = random_scan_inputs(2, 6, 11, 4, groups=2, dtype=torch.float64, seed=10)["C"]
+    args = (x["u"], x["delta"], x["A"], x["B"], C, x["D"], x["z"], x["delta_bias"], True)
     for name, got, want in zip(("out", "entropy", "halt", "last_state", "states"), selective_scan_parallel(*args),
                                selective_scan_ref(*args)):
         assert_close_rel(name, got, want, RTOL[torch.float64])
@@ -136,10 +146,7 @@ def test_linear_scan_rejects_bad_shapes(a_shape, b_shape, h0_shape, name):
 
 def test_backend_forward_contract_matches_reference_backend():
     """checkpoints and entropy sums, which the fused backends' backward reads, agree with the reference's."""
-    args = pna_kernels.validation.check_scan_inputs(
-        **{k: v for k, v in random_scan_inputs(2, 4, 10, 3, dtype=torch.float64, seed=6).items()},
-        delta_softplus=True,
-    )
+    args = check_scan_inputs(**random_scan_inputs(2, 4, 10, 3, dtype=torch.float64, seed=6), delta_softplus=True)
     call = (args.u, args.delta, args.A, args.B, args.C, args.D, args.z, args.delta_bias, args.halt_weight,
             args.halt_bias, args.initial_state, True, 4)
     names = ("out", "entropy", "halt", "last_state", "checkpoints", "entropy_sums")
