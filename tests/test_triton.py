@@ -229,3 +229,24 @@ def test_chunk_size_must_be_a_power_of_two():
 def test_cuda_realistic_shape_matches_oracle(dtype):
     x = make_inputs(2, 96, 300, 16, 2, True, True, True, True, dtype=dtype, device="cuda")
     assert_matches_oracle(x, True, RTOL[dtype])
+
+
+def test_opcheck_with_triton_kernels(small_tiles):
+    x = make_inputs(2, 6, 11, 4, 2, True, True, True, True)
+    a = check_scan_inputs(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True,
+                          x["halt_weight"], x["halt_bias"], x["initial_state"])
+    inputs = (a.u, a.delta, a.A, a.B, a.C, a.D, a.z, a.delta_bias, a.halt_weight, a.halt_bias, a.initial_state)
+    torch.library.opcheck(torch.ops.pna.selective_scan_fwd, (*inputs, True, "triton", SMALL_CHUNK))
+    out, entropy, halt, last, checkpoints, sums = torch.ops.pna.selective_scan_fwd(*inputs, True, "triton",
+                                                                                  SMALL_CHUNK)
+    grads = cotangents(2, 6, 11, 4)
+    grads = tuple(g.to(t.dtype) for g, t in zip(grads, (out, entropy, halt, last)))
+    torch.library.opcheck(torch.ops.pna.selective_scan_bwd,
+                          (*grads, *inputs, checkpoints, sums, True, "triton", SMALL_CHUNK))
+    step = decode_inputs(x, 0)
+    state = x["initial_state"].clone()
+    torch.library.opcheck(
+        torch.ops.pna.selective_state_update,
+        (state, step["x"], step["dt"], a.A, step["B"], step["C"], a.D, step["z"], a.delta_bias, a.halt_weight,
+         a.halt_bias, True, "triton"),
+    )

@@ -1,8 +1,12 @@
 """Block-size choice and the small @triton.jit helpers shared by the scan, backward and decode kernels."""
 from __future__ import annotations
 
+import contextlib
+
+import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
 # Elements of one program's (BLOCK_D, BLOCK_N, chunk) tile, spread over num_warps = tile / 512 warps (at least 4):
 # 16 elements of each live fp32 tile per thread. Compiled for sm_90 with CHUNK_SIZE 16, the forward needs 147-225
@@ -11,6 +15,17 @@ SCAN_TILE_ELEMENTS = 2048
 # Elements of one decode-step program's (BLOCK_D, BLOCK_N) state tile: 8 a thread over 4 warps, so that a
 # memory-bound decode step of one sequence still spreads over D * N / 1024 programs.
 STATE_TILE_ELEMENTS = 1024
+
+
+def launch_device(t: Tensor) -> contextlib.AbstractContextManager:
+    """Make t's CUDA device the current one while kernels launch (Triton launches on the current device)."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
+def contiguous(*tensors: Tensor | None) -> tuple[Tensor | None, ...]:
+    """The kernels index dense row-major memory: make every tensor contiguous (a no-op for canonical inputs)."""
+    return tuple(None if t is None else t.contiguous() for t in tensors)
+
 
 def check_chunk_size(chunk_size: int) -> None:
     """Chunks are tiles of tl.arange, so their length must be a power of two."""

@@ -6,6 +6,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .common import launch_device
+
 BLOCK_L = 256
 
 
@@ -47,7 +49,8 @@ def combine_partials(partials: Tensor, halt_bias: Tensor) -> tuple[Tensor, Tenso
     entropy = torch.empty(batch, length, dtype=torch.float32, device=partials.device)
     halt = torch.empty(batch, length, dtype=torch.float32, device=partials.device)
     block_l = min(BLOCK_L, triton.next_power_of_2(length))
-    _combine_partials_kernel[(batch, triton.cdiv(length, block_l))](
-        partials, halt_bias, sums, entropy, halt, n_blocks, length, BLOCK_L=block_l,
-    )
+    with launch_device(partials):
+        _combine_partials_kernel[(batch, triton.cdiv(length, block_l))](
+            partials, halt_bias, sums, entropy, halt, n_blocks, length, BLOCK_L=block_l,
+        )
     return sums, entropy, halt

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import check_chunk_size, linear_recurrence, scan_blocks, softplus
+from .common import check_chunk_size, contiguous, launch_device, linear_recurrence, scan_blocks, softplus
 from .scan_forward import chunk_states
 
 
@@ -137,7 +137,7 @@ def scan_backward(
     halt_weight: Tensor, halt_bias: Tensor, initial_state: Tensor, checkpoints: Tensor, entropy_sums: Tensor,
     delta_softplus: bool, chunk_size: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor, Tensor, Tensor, Tensor]:
-    """Fused backward on contiguous canonical inputs (see pna_kernels.backends).
+    """Fused backward on canonical inputs (see pna_kernels.backends; made contiguous here).
 
     grad_out: (batch, D, L) in u's dtype; grad_entropy, grad_halt: (batch, L), grad_last_state: (batch, D, N),
     checkpoints: (batch, ceil(L / chunk_size), D, N) and entropy_sums: (batch, 2, L) from scan_forward with the
@@ -145,6 +145,11 @@ def scan_backward(
     dhalt_bias, dinitial_state), each in the dtype and shape of its input.
     """
     check_chunk_size(chunk_size)
+    (grad_out, grad_entropy, grad_halt, grad_last_state, u, delta, A, B, C, D, z, delta_bias, halt_weight,
+     checkpoints, entropy_sums) = contiguous(
+        grad_out, grad_entropy, grad_halt, grad_last_state, u, delta, A, B, C, D, z, delta_bias, halt_weight,
+        checkpoints, entropy_sums,
+    )
     batch, dim, length = u.shape
     n_groups, dstate = B.shape[1], B.shape[2]
     dim_per_group = dim // n_groups
@@ -166,15 +171,16 @@ def scan_backward(
     dD_part, dbias_part = empty(batch, dim), empty(batch, dim)
     dB_part = empty(batch, n_groups, blocks_per_group, dstate, length)
     dC_part = empty(batch, n_groups, blocks_per_group, dstate, length)
-    _scan_bwd_kernel[(batch, n_groups, blocks_per_group)](
-        grad_out, grad_entropy, grad_halt, grad_last_state,
-        u, delta, A, B, C, D, u if z is None else z, delta_bias, halt_weight, checkpoints, entropy_sums,
-        du, ddelta, du if dz is None else dz, dinit,
-        dA_part, dD_part, dbias_part, dhw_part, dB_part, dC_part,
-        dim, length, dstate, n_groups, dim_per_group, n_chunks,
-        HAS_Z=z is not None, SOFTPLUS=delta_softplus,
-        BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk_size, num_warps=num_warps,
-    )
+    with launch_device(u):
+        _scan_bwd_kernel[(batch, n_groups, blocks_per_group)](
+            grad_out, grad_entropy, grad_halt, grad_last_state,
+            u, delta, A, B, C, D, u if z is None else z, delta_bias, halt_weight, checkpoints, entropy_sums,
+            du, ddelta, du if dz is None else dz, dinit,
+            dA_part, dD_part, dbias_part, dhw_part, dB_part, dC_part,
+            dim, length, dstate, n_groups, dim_per_group, n_chunks,
+            HAS_Z=z is not None, SOFTPLUS=delta_softplus,
+            BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk_size, num_warps=num_warps,
+        )
     # torch.sum over a dimension is a fixed-order reduction (no atomics): bitwise equal on repeat.
     return (
         du,

@@ -6,7 +6,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import check_chunk_size, linear_recurrence, scan_blocks, softplus, x_log_x
+from .common import (
+    check_chunk_size, contiguous, launch_device, linear_recurrence, scan_blocks, softplus, x_log_x,
+)
 from .entropy import combine_partials
 
 
@@ -92,7 +94,7 @@ def scan_forward(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor | None, delta_bias: Tensor,
     halt_weight: Tensor, halt_bias: Tensor, initial_state: Tensor, delta_softplus: bool, chunk_size: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Fused forward on contiguous canonical inputs (see pna_kernels.backends).
+    """Fused forward on canonical inputs (see pna_kernels.backends; made contiguous here).
 
     u, delta, z: (batch, D, L) float16/bfloat16/float32; B, C: (batch, G, N, L) in u's dtype; A, halt_weight:
     (D, N), D, delta_bias: (D,), halt_bias: (), initial_state: (batch, D, N), all float32.
@@ -101,6 +103,9 @@ def scan_forward(
     all float32.
     """
     check_chunk_size(chunk_size)
+    u, delta, A, B, C, D, z, delta_bias, halt_weight, halt_bias, initial_state = contiguous(
+        u, delta, A, B, C, D, z, delta_bias, halt_weight, halt_bias, initial_state
+    )
     batch, dim, length = u.shape
     n_groups, dstate = B.shape[1], B.shape[2]
     dim_per_group = dim // n_groups
@@ -113,12 +118,13 @@ def scan_forward(
     checkpoints = torch.empty(batch, n_chunks, dim, dstate, dtype=torch.float32, device=device)
     last_state = torch.empty(batch, dim, dstate, dtype=torch.float32, device=device)
     partials = torch.empty(batch, n_groups * blocks_per_group, 3, length, dtype=torch.float32, device=device)
-    _scan_fwd_kernel[(batch, n_groups, blocks_per_group)](
-        u, delta, A, B, C, D, u if z is None else z, delta_bias, halt_weight, initial_state,
-        out, checkpoints, last_state, partials,
-        dim, length, dstate, n_groups, dim_per_group, n_chunks,
-        HAS_Z=z is not None, SOFTPLUS=delta_softplus,
-        BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk_size, num_warps=num_warps,
-    )
+    with launch_device(u):
+        _scan_fwd_kernel[(batch, n_groups, blocks_per_group)](
+            u, delta, A, B, C, D, u if z is None else z, delta_bias, halt_weight, initial_state,
+            out, checkpoints, last_state, partials,
+            dim, length, dstate, n_groups, dim_per_group, n_chunks,
+            HAS_Z=z is not None, SOFTPLUS=delta_softplus,
+            BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk_size, num_warps=num_warps,
+        )
     entropy_sums, entropy, halt = combine_partials(partials, halt_bias)
     return out, entropy, halt, last_state, checkpoints, entropy_sums

@@ -6,7 +6,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import softplus, state_blocks, x_log_x
+from .common import contiguous, launch_device, softplus, state_blocks, x_log_x
 from .entropy import combine_partials
 
 
@@ -70,6 +70,9 @@ def state_update(
     if state.dtype != torch.float32 or not state.is_contiguous():
         raise ValueError(f"state: expected a contiguous float32 tensor, got {state.dtype}, "
                          f"contiguous={state.is_contiguous()}")
+    x, dt, A, B, C, D, z, dt_bias, halt_weight, halt_bias = contiguous(
+        x, dt, A, B, C, D, z, dt_bias, halt_weight, halt_bias
+    )
     batch, dim = x.shape
     n_groups, dstate = B.shape[1], B.shape[2]
     dim_per_group = dim // n_groups
@@ -77,10 +80,11 @@ def state_update(
     blocks_per_group = triton.cdiv(dim_per_group, block_d)
     y = torch.empty(batch, dim, dtype=x.dtype, device=x.device)
     partials = torch.empty(batch, n_groups * blocks_per_group, 3, 1, dtype=torch.float32, device=x.device)
-    _state_update_kernel[(batch, n_groups, blocks_per_group)](
-        state, x, dt, A, B, C, D, x if z is None else z, dt_bias, halt_weight, y, partials,
-        dim, dstate, n_groups, dim_per_group,
-        HAS_Z=z is not None, SOFTPLUS=dt_softplus, BLOCK_D=block_d, BLOCK_N=block_n,
-    )
+    with launch_device(x):
+        _state_update_kernel[(batch, n_groups, blocks_per_group)](
+            state, x, dt, A, B, C, D, x if z is None else z, dt_bias, halt_weight, y, partials,
+            dim, dstate, n_groups, dim_per_group,
+            HAS_Z=z is not None, SOFTPLUS=dt_softplus, BLOCK_D=block_d, BLOCK_N=block_n,
+        )
     _, entropy, halt = combine_partials(partials, halt_bias)
     return y, entropy[:, 0], halt[:, 0]
