@@ -99,6 +99,11 @@ def test_pna_backend_env_var_picks_the_backend(monkeypatch):
     monkeypatch.setenv("PNA_BACKEND", "reference")
     assert resolve_backend("auto", torch.device("cpu"), torch.float32, 16) == "reference"
     assert resolve_backend("torch", torch.device("cpu"), torch.float32, 16) == "torch"
+    x = random_scan_inputs(2, 4, 9, 3, seed=8)
+    args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True)
+    by_env = pna_kernels.selective_scan(*args, backend="auto")
+    named = pna_kernels.selective_scan(*args, backend="reference")
+    assert all(torch.equal(a, b) for a, b in zip(by_env[:3], named[:3]))
     monkeypatch.setenv("PNA_BACKEND", "no-such-backend")
     with pytest.raises(ValueError, match="^backend:"):
         resolve_backend("auto", torch.device("cpu"), torch.float32, 16)
