@@ -83,12 +83,15 @@ def assert_matches_oracle(x: dict, softplus: bool, rtol: float) -> None:
 
 
 # batch, D, L, N, groups, grouped B/C, z, initial_state, softplus. With small_tiles every L is 2-3 chunks and not a
-# multiple of 8; D per group (3, 5, 2, 3) spans 2-5 D-blocks, and 3 and 5 are not multiples of BLOCK_D = 2.
+# multiple of 8 (or shorter than one chunk); D per group (3, 5, 2, 3, 2, 1) spans 1-5 D-blocks, 3 and 5 not multiples
+# of BLOCK_D = 2; N = 5 is padded to BLOCK_N = 8 and N = 256 is the largest supported state.
 SHAPES = [
     (2, 6, 19, 4, 2, True, True, True, True),
     (1, 5, 13, 16, 1, True, False, False, False),
     (2, 4, 21, 16, 2, True, True, False, False),
     (1, 3, 17, 4, 1, False, False, True, True),
+    (2, 4, 11, 5, 2, True, True, True, True),
+    (1, 2, 5, 256, 2, True, True, True, False),
 ]
 
 

@@ -53,8 +53,15 @@ def state_blocks(dim_per_group: int, dstate: int) -> tuple[int, int]:
 
 @triton.jit
 def softplus(x):
-    """log(1 + exp(x)), exact to fp32 rounding (x above 20 returns x)."""
-    return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
+    """log(1 + exp(x)) to fp32 relative precision for every x (x above 20 returns x).
+
+    log1p(y) for y = exp(x) as log(w) * y / (w - 1) with w = 1 + y, which cancels the rounding of w; plain
+    log(1 + y) would lose all relative precision for x below about -15.
+    """
+    y = tl.exp(tl.minimum(x, 20.0))
+    w = 1.0 + y
+    rounded = w == 1.0
+    return tl.where(x > 20.0, x, tl.where(rounded, y, tl.log(w) * (y / tl.where(rounded, 1.0, w - 1.0))))
 
 
 @triton.jit

@@ -70,7 +70,7 @@ def _scan_fwd_kernel(
         mask_nt = mask_n[:, None] & mask_t[None, :]
         row = (b * dim + d)[:, None] * length + t[None, :]
         bc_row = ((b * n_groups + g) * dstate + n)[:, None] * length + t[None, :]
-        u, x, dt, b_t, decay, inp, hs = chunk_states(
+        u, _, _, _, _, _, hs = chunk_states(
             u_ptr, delta_ptr, B_ptr, A, delta_bias, h, row, bc_row, mask_dt, mask_nt, SOFTPLUS
         )
         c_t = tl.load(C_ptr + bc_row, mask=mask_nt, other=0.0).to(tl.float32)
