@@ -83,8 +83,9 @@ def assert_matches_oracle(x: dict, softplus: bool, rtol: float) -> None:
 
 
 # batch, D, L, N, groups, grouped B/C, z, initial_state, softplus. With small_tiles every L is 2-3 chunks and not a
-# multiple of 8 (or shorter than one chunk); D per group (3, 5, 2, 3, 2, 1) spans 1-5 D-blocks, 3 and 5 not multiples
-# of BLOCK_D = 2; N = 5 is padded to BLOCK_N = 8 and N = 256 is the largest supported state.
+# multiple of 8 (or shorter than one chunk). For N = 4, BLOCK_D = 2 and the 3 channels of a group leave the last
+# D-block half masked; for larger N, BLOCK_D = 1 and a group spans up to 5 D-blocks. N = 5 is padded to BLOCK_N = 8;
+# N = 256 is the largest supported state.
 SHAPES = [
     (2, 6, 19, 4, 2, True, True, True, True),
     (1, 5, 13, 16, 1, True, False, False, False),
@@ -145,15 +146,19 @@ def test_every_output_element_is_written(small_tiles, monkeypatch):
         assert_close_rel(f"d{name}", got_grad[name], w, RTOL[torch.float32])
 
 
-def test_repeated_runs_are_bitwise_equal(small_tiles):
-    x = make_inputs(2, 6, 19, 4, 2, True, True, True, True)
-    cot = cotangents(2, 6, 19, 4)
-    first_out, first_grad = scan_with_grads(x, True, cot)
-    second_out, second_grad = scan_with_grads(x, True, cot)
+def assert_repeats_bitwise(x: dict, softplus: bool) -> None:
+    batch, dim, length = x["u"].shape
+    cot = cotangents(batch, dim, length, x["A"].shape[1], x["u"].device.type)
+    first_out, first_grad = scan_with_grads(x, softplus, cot)
+    second_out, second_grad = scan_with_grads(x, softplus, cot)
     for name in OUTPUTS:
         assert torch.equal(first_out[name], second_out[name]), name
     for name in first_grad:
         assert torch.equal(first_grad[name], second_grad[name]), f"d{name}"
+
+
+def test_repeated_runs_are_bitwise_equal(small_tiles):
+    assert_repeats_bitwise(make_inputs(2, 6, 19, 4, 2, True, True, True, True), True)
 
 
 def decode_inputs(x: dict, t: int) -> dict:
@@ -229,9 +234,10 @@ def test_chunk_size_must_be_a_power_of_two():
 @requires_cuda
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_cuda_realistic_shape_matches_oracle(dtype):
+def test_cuda_realistic_shape_matches_oracle_and_repeats_bitwise(dtype):
     x = make_inputs(2, 96, 300, 16, 2, True, True, True, True, dtype=dtype, device="cuda")
     assert_matches_oracle(x, True, RTOL[dtype])
+    assert_repeats_bitwise(x, True)
 
 
 def test_opcheck_with_triton_kernels(small_tiles):
