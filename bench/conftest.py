@@ -59,13 +59,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     tr.section("pna kernel benchmarks (median per call; 'vs X' = time of X / time of this row)")
     tr.write_line(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
                   + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
-    header = f"{'shape':<22}{'mode':<9}{'backend':<14}{'ms':>10}{'Mtok/s':>10}{'vs torch':>10}{'vs oracle':>11}{'GB/s':>8}"
+    header = (f"{'shape':<25}{'mode':<9}{'backend':<14}{'ms':>10}{'Mtok/s':>10}{'vs torch':>10}{'vs oracle':>11}"
+              f"{'vs plain':>10}{'GB/s':>8}")
     tr.write_line(header)
     tr.write_line("-" * len(header))
     for m in sorted(MEASUREMENTS, key=lambda m: (m.shape, m.mode, m.seconds)):
         same = {o.backend: o for o in MEASUREMENTS if o.shape == m.shape and o.mode == m.mode}
         gbps = "-" if m.floor_bytes is None else f"{m.floor_bytes / m.seconds / 1e9:.0f}"
         tr.write_line(
-            f"{m.shape:<22}{m.mode:<9}{m.backend:<14}{m.seconds * 1e3:>10.3f}{m.tokens / m.seconds / 1e6:>10.3f}"
-            f"{_ratio(same.get('torch'), m):>10}{_ratio(same.get('reference'), m):>11}{gbps:>8}"
+            f"{m.shape:<25}{m.mode:<9}{m.backend:<14}{m.seconds * 1e3:>10.3f}{m.tokens / m.seconds / 1e6:>10.3f}"
+            f"{_ratio(same.get('torch'), m):>10}{_ratio(same.get('reference'), m):>11}"
+            f"{_ratio(same.get('plain-triton'), m):>10}{gbps:>8}"
         )
