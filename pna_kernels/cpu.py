@@ -26,8 +26,11 @@ CHUNK_SIZE = 64
 SOURCE_DIR = Path(__file__).resolve().parent.parent / "csrc" / "cpu"
 SOURCES = ("bindings.cpp", "scan_forward.cpp", "scan_backward.cpp", "state_update.cpp")
 EXTENSION_NAME = "pna_cpu_kernels"
-# -O3 and OpenMP only: no -march=native, so a build cached on one machine runs on any x86-64 or aarch64 one.
-COMPILE_FLAGS = ("-O3", "-std=c++17", "-fopenmp")
+# No -march=native, so a build cached on one machine runs on any other (csrc/cpu/scan_common.h multiversions the
+# hot loops for AVX2 and AVX-512 instead). -fno-trapping-math lets GCC vectorise the selects in vector_math.h
+# (nothing here reads floating-point exception flags); -ffp-contract=fast fuses a * b + c where the CPU has FMA.
+# The sources are C++17; the language standard is the one torch's headers ask for.
+COMPILE_FLAGS = ("-O3", "-fno-trapping-math", "-ffp-contract=fast", "-fopenmp")
 
 
 @functools.cache

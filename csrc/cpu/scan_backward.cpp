@@ -10,6 +10,10 @@
 // fixed order afterwards, so the result does not depend on the number of threads.
 #include <vector>
 
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+
 #include "scan_common.h"
 #include "scan_kernels.h"
 #include "tensor_checks.h"
@@ -48,7 +52,7 @@ struct BackwardPointers {
 };
 
 template <typename scalar_t>
-void backward_block(const BackwardPointers<scalar_t>& p, const ScanDims& dims, const ChannelBlocks& blocks,
+PNA_CPU_MULTIVERSION void backward_block(const BackwardPointers<scalar_t>& p, const ScanDims& dims, const ChannelBlocks& blocks,
                     bool delta_softplus, int64_t b, int64_t block) {
   const int64_t N = dims.dstate, L = dims.length, T = dims.chunk, n_chunks = dims.n_chunks();
   const int64_t group = blocks.group(block), d0 = blocks.begin(block), d1 = blocks.end(block);
@@ -66,7 +70,8 @@ void backward_block(const BackwardPointers<scalar_t>& p, const ScanDims& dims, c
   std::vector<scalar_t> dA_acc((d1 - d0) * N, scalar_t(0)), dhw_acc((d1 - d0) * N, scalar_t(0));
   std::vector<scalar_t> dD_acc(d1 - d0, scalar_t(0)), ddb_acc(d1 - d0, scalar_t(0));
   std::vector<scalar_t> Bt(T * N), Ct(T * N), dBt(T * N), dCt(T * N);
-  std::vector<scalar_t> states((T + 1) * N), decay(T * N), dt_pre(T), dt_val(T);
+  std::vector<scalar_t> states((T + 1) * N), decay(T * N), dt_row(T), dt_grad_row(T, 1);
+  std::vector<scalar_t> gate_row(T, 1), gate_grad_row(T, 0);
   std::vector<scalar_t> ent_scale(T), ent_shift(T);
 
   for (int64_t c = n_chunks - 1; c >= 0; --c) {
@@ -93,10 +98,22 @@ void backward_block(const BackwardPointers<scalar_t>& p, const ScanDims& dims, c
       // recompute the chunk's states: states[t + 1] = h_t, states[0] = the checkpoint
       const scalar_t* checkpoint = p.checkpoints + ((b * n_chunks + c) * dims.dim + d) * N;
       std::copy(checkpoint, checkpoint + N, states.begin());
+      const scalar_t bias = p.delta_bias[d];
+#pragma omp simd
+      for (int64_t t = 0; t < steps; ++t) dt_row[t] = discretize(p.delta[row + t] + bias, delta_softplus);
+      if (delta_softplus) {
+#pragma omp simd
+        for (int64_t t = 0; t < steps; ++t) dt_grad_row[t] = softplus_grad(p.delta[row + t] + bias);
+      }
+      if (p.z != nullptr) {
+#pragma omp simd
+        for (int64_t t = 0; t < steps; ++t) {
+          gate_row[t] = silu(p.z[row + t]);
+          gate_grad_row[t] = silu_grad(p.z[row + t]);
+        }
+      }
       for (int64_t t = 0; t < steps; ++t) {
-        dt_pre[t] = p.delta[row + t] + p.delta_bias[d];
-        dt_val[t] = discretize(dt_pre[t], delta_softplus);
-        const scalar_t dt = dt_val[t], dtu = dt * p.u[row + t];
+        const scalar_t dt = dt_row[t], dtu = dt * p.u[row + t];
         const scalar_t* Bs = Bt.data() + t * N;
         const scalar_t* prev = states.data() + t * N;
         scalar_t* next = states.data() + (t + 1) * N;
@@ -113,9 +130,8 @@ void backward_block(const BackwardPointers<scalar_t>& p, const ScanDims& dims, c
       scalar_t dD_sum = 0, ddb_sum = 0;
       const scalar_t Dd = p.D[d];
       for (int64_t t = steps - 1; t >= 0; --t) {
-        const scalar_t dt = dt_val[t], u = p.u[row + t], dtu = dt * u, gout = p.grad_out[row + t];
-        const scalar_t gate = p.z == nullptr ? scalar_t(1) : silu(p.z[row + t]);
-        const scalar_t dy = gout * gate;
+        const scalar_t dt = dt_row[t], u = p.u[row + t], dtu = dt * u, gout = p.grad_out[row + t];
+        const scalar_t dy = gout * gate_row[t];
         const scalar_t e_scale = ent_scale[t], e_shift = ent_shift[t];
         const scalar_t ghalt = p.grad_halt[b * L + t0 + t];
         const scalar_t* Bs = Bt.data() + t * N;
@@ -142,11 +158,11 @@ void backward_block(const BackwardPointers<scalar_t>& p, const ScanDims& dims, c
           g[n] = gn * dec[n];
         }
         p.du[row + t] = dt * gB + dy * Dd;
-        const scalar_t gdelta = delta_softplus ? ddt * softplus_grad(dt_pre[t]) : ddt;
+        const scalar_t gdelta = ddt * dt_grad_row[t];
         p.ddelta[row + t] = gdelta;
         ddb_sum += gdelta;
         dD_sum += dy * u;
-        if (p.z != nullptr) p.dz[row + t] = gout * (y + Dd * u) * silu_grad(p.z[row + t]);
+        if (p.z != nullptr) p.dz[row + t] = gout * (y + Dd * u) * gate_grad_row[t];
       }
       dD_acc[d - d0] += dD_sum;
       ddb_acc[d - d0] += ddb_sum;
@@ -183,7 +199,7 @@ void backward(const BackwardPointers<scalar_t>& p, const ScanDims& dims, bool de
   const ChannelBlocks blocks(dims);
   const int64_t n_blocks = blocks.count(dims), items = dims.batch * n_blocks;
   const int64_t N = dims.dstate, L = dims.length;
-#pragma omp parallel for num_threads(num_threads) schedule(static)
+#pragma omp parallel for num_threads(num_threads) schedule(dynamic, 1)
   for (int64_t item = 0; item < items; ++item) {
     backward_block(p, dims, blocks, delta_softplus, item / n_blocks, item % n_blocks);
   }

@@ -5,6 +5,18 @@
 #include <cmath>
 #include <cstdint>
 
+#include "vector_math.h"
+
+// The per-work-item functions that hold the hot loops are compiled three times -- baseline x86-64, x86-64-v3
+// (AVX2 + FMA) and x86-64-v4 (AVX-512) -- and the dynamic loader picks the best one the running CPU supports
+// (GCC function multi-versioning). So one cached build is both safe and fast on any x86-64 machine, without
+// -march=native. Other compilers and architectures get the baseline build.
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__x86_64__)
+#define PNA_CPU_MULTIVERSION __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
+#else
+#define PNA_CPU_MULTIVERSION
+#endif
+
 namespace pna_cpu {
 
 // Sizes of one fused scan: u is (batch, dim, length), A is (dim, dstate), B and C are (batch, groups, dstate,
@@ -42,22 +54,24 @@ struct ChannelBlocks {
   }
 };
 
-// torch.nn.functional.softplus with beta 1 and threshold 20, and its derivative as torch computes it.
+// The activations below use exp_v / log1p_v, so loops over them vectorise in float32 (see vector_math.h).
+
+// torch.nn.functional.softplus with beta 1 and threshold 20.
 template <typename scalar_t>
 inline scalar_t softplus(scalar_t x) {
-  return x > scalar_t(20) ? x : std::log1p(std::exp(x));
-}
-
-template <typename scalar_t>
-inline scalar_t softplus_grad(scalar_t x) {
-  if (x > scalar_t(20)) return scalar_t(1);
-  const scalar_t ex = std::exp(x);
-  return ex / (ex + scalar_t(1));
+  const scalar_t below = x > scalar_t(20) ? scalar_t(0) : x;  // keeps exp finite on the branch not taken
+  return x > scalar_t(20) ? x : log1p_v(exp_v(below));
 }
 
 template <typename scalar_t>
 inline scalar_t sigmoid(scalar_t x) {
-  return scalar_t(1) / (scalar_t(1) + std::exp(-x));
+  return scalar_t(1) / (scalar_t(1) + exp_v(-x));
+}
+
+// d softplus / dx as torch computes it: 1 above the threshold 20, else sigmoid(x).
+template <typename scalar_t>
+inline scalar_t softplus_grad(scalar_t x) {
+  return x > scalar_t(20) ? scalar_t(1) : sigmoid(x);
 }
 
 template <typename scalar_t>

@@ -6,6 +6,9 @@
 // of the block go to a partial buffer (batch, blocks, 3, L) that is summed over blocks in a fixed order.
 #include <vector>
 
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+
 #include "scan_common.h"
 #include "scan_kernels.h"
 #include "tensor_checks.h"
@@ -33,13 +36,13 @@ struct ForwardPointers {
 };
 
 template <typename scalar_t>
-void forward_block(const ForwardPointers<scalar_t>& p, const ScanDims& dims, const ChannelBlocks& blocks,
+PNA_CPU_MULTIVERSION void forward_block(const ForwardPointers<scalar_t>& p, const ScanDims& dims, const ChannelBlocks& blocks,
                    bool delta_softplus, int64_t b, int64_t block) {
   const int64_t N = dims.dstate, L = dims.length, T = dims.chunk;
   const int64_t group = blocks.group(block), d0 = blocks.begin(block), d1 = blocks.end(block);
   const scalar_t* Bg = p.B + (b * dims.groups + group) * N * L;
   const scalar_t* Cg = p.C + (b * dims.groups + group) * N * L;
-  std::vector<scalar_t> state((d1 - d0) * N), Bt(T * N), Ct(T * N), sums(3 * T);
+  std::vector<scalar_t> state((d1 - d0) * N), Bt(T * N), Ct(T * N), sums(3 * T), dt_row(T), gate_row(T, 1);
   std::copy(p.initial_state + (b * dims.dim + d0) * N, p.initial_state + (b * dims.dim + d1) * N, state.begin());
   scalar_t* part = p.partials + (b * blocks.count(dims) + block) * 3 * L;
 
@@ -58,8 +61,15 @@ void forward_block(const ForwardPointers<scalar_t>& p, const ScanDims& dims, con
       const scalar_t* Ad = p.A + d * N;
       const scalar_t* hw = p.halt_weight + d * N;
       const int64_t row = (b * dims.dim + d) * L + t0;
+      const scalar_t bias = p.delta_bias[d];
+#pragma omp simd
+      for (int64_t t = 0; t < steps; ++t) dt_row[t] = discretize(p.delta[row + t] + bias, delta_softplus);
+      if (p.z != nullptr) {
+#pragma omp simd
+        for (int64_t t = 0; t < steps; ++t) gate_row[t] = silu(p.z[row + t]);
+      }
       for (int64_t t = 0; t < steps; ++t) {
-        const scalar_t dt = discretize(p.delta[row + t] + p.delta_bias[d], delta_softplus);
+        const scalar_t dt = dt_row[t];
         const scalar_t u = p.u[row + t];
         const scalar_t dtu = dt * u;
         const scalar_t* Bs = Bt.data() + t * N;
@@ -78,8 +88,7 @@ void forward_block(const ForwardPointers<scalar_t>& p, const ScanDims& dims, con
         sums[t] += s1;
         sums[T + t] += s2;
         sums[2 * T + t] += hsum;
-        y += p.D[d] * u;
-        p.out[row + t] = p.z == nullptr ? y : y * silu(p.z[row + t]);
+        p.out[row + t] = (y + p.D[d] * u) * gate_row[t];
       }
     }
     for (int64_t k = 0; k < 3; ++k) {
@@ -94,7 +103,7 @@ void forward(const ForwardPointers<scalar_t>& p, const ScanDims& dims, bool delt
              scalar_t halt_bias, scalar_t* entropy, scalar_t* halt, scalar_t* entropy_sums) {
   const ChannelBlocks blocks(dims);
   const int64_t n_blocks = blocks.count(dims), items = dims.batch * n_blocks, L = dims.length;
-#pragma omp parallel for num_threads(num_threads) schedule(static)
+#pragma omp parallel for num_threads(num_threads) schedule(dynamic, 1)
   for (int64_t item = 0; item < items; ++item) {
     forward_block(p, dims, blocks, delta_softplus, item / n_blocks, item % n_blocks);
   }

@@ -5,7 +5,7 @@
 
 #include <optional>
 
-#include <torch/extension.h>
+#include <ATen/core/Tensor.h>
 
 namespace pna_cpu {
 

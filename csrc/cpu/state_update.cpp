@@ -2,6 +2,8 @@
 // Batch rows are independent work items; within a row the sums over channels run in a fixed order.
 #include <vector>
 
+#include <ATen/Dispatch.h>
+
 #include "scan_common.h"
 #include "scan_kernels.h"
 #include "tensor_checks.h"
@@ -28,7 +30,7 @@ struct StepPointers {
 };
 
 template <typename scalar_t>
-void state_update_row(const StepPointers<scalar_t>& p, int64_t dim, int64_t dstate, int64_t groups,
+PNA_CPU_MULTIVERSION void state_update_row(const StepPointers<scalar_t>& p, int64_t dim, int64_t dstate, int64_t groups,
                       bool dt_softplus, scalar_t halt_bias, int64_t b) {
   const int64_t N = dstate, per_group = dim / groups;
   scalar_t s1 = 0, s2 = 0, hsum = 0;

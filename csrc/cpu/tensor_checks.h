@@ -4,7 +4,7 @@
 #include <initializer_list>
 #include <vector>
 
-#include <torch/extension.h>
+#include <ATen/core/Tensor.h>
 
 namespace pna_cpu {
 

@@ -8,29 +8,21 @@
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 
 namespace pna_cpu {
 
-inline float bits_to_float(int32_t bits) {
-  float value;
-  std::memcpy(&value, &bits, sizeof(value));
-  return value;
-}
+inline float bits_to_float(int32_t bits) { return __builtin_bit_cast(float, bits); }
 
-inline int32_t float_to_bits(float value) {
-  int32_t bits;
-  std::memcpy(&bits, &value, sizeof(bits));
-  return bits;
-}
+inline int32_t float_to_bits(float value) { return __builtin_bit_cast(int32_t, value); }
 
 // exp(x) = 2^k * exp(r) with k = round(x / ln 2) and |r| <= ln(2) / 2; exp(r) by its degree-7 Taylor polynomial
 // (truncation error below 1e-8). Underflows to 0 below -87 (exp(-87) = 1.6e-38, the edge of the normal range)
 // and overflows to +inf above 88.
 inline float exp_fast(float x) {
   const float round_magic = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer
-  const float xc = std::fmin(std::fmax(x, -87.0f), 88.0f);
+  const float low = x < -87.0f ? -87.0f : x;  // a select, not std::fmax, which GCC does not vectorise
+  const float xc = low > 88.0f ? 88.0f : low;
   const float k = (xc * 1.44269504088896341f + round_magic) - round_magic;
   const float r = (xc - k * 0.693145751953125f) - k * 1.428606765330187045e-06f;
   float p = 1.0f / 5040.0f;
@@ -68,12 +60,27 @@ inline float log_fast(float x) {
   return 2.0f * s * p + kf * 0.693145751953125f + kf * 1.428606765330187045e-06f;
 }
 
+// log(1 + y) for y >= 0 without losing small y: log(u) * y / (u - 1) with u = 1 + y rounded, exact where
+// u == 1 (then log1p(y) = y to working precision).
+inline float log1p_fast(float y) {
+  const float u = 1.0f + y;
+  const float denom = u == 1.0f ? 1.0f : u - 1.0f;
+  return u == 1.0f ? y : log_fast(u) * (y / denom);
+}
+
 template <typename scalar_t>
 inline scalar_t exp_v(scalar_t x);
 template <>
 inline float exp_v<float>(float x) { return exp_fast(x); }
 template <>
 inline double exp_v<double>(double x) { return std::exp(x); }
+
+template <typename scalar_t>
+inline scalar_t log1p_v(scalar_t y);
+template <>
+inline float log1p_v<float>(float y) { return log1p_fast(y); }
+template <>
+inline double log1p_v<double>(double y) { return std::log1p(y); }
 
 // log(e) for e > 0 and 0 for e == 0, so that e * log_or_zero(e) and h * log_or_zero(h * h) are 0 at h = 0.
 template <typename scalar_t>
