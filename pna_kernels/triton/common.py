@@ -9,9 +9,11 @@ import triton.language as tl
 from torch import Tensor
 
 # Elements of one program's (BLOCK_D, BLOCK_N, chunk) tile, spread over num_warps = tile / 512 warps (at least 4):
-# 16 elements of each live fp32 tile per thread. Compiled for sm_90 with CHUNK_SIZE 16, the forward needs 147-225
-# registers a thread and no stack, the backward 224-255 registers and at most 48 bytes of stack (N = 4 and 256).
-SCAN_TILE_ELEMENTS = 2048
+# 16 elements of each live fp32 tile per thread. Compiled for sm_90 with CHUNK_SIZE 16 (fp32 and bf16 inputs), the
+# forward needs 146-225 registers a thread and no stack; the backward 252-255 registers, with no stack for N = 16
+# and 64 and 64-80 bytes of spill stack for N = 4 and 256. Bigger tiles mean fewer D-blocks, so smaller per-block
+# partial sums (entropy in the forward, dB and dC in the backward).
+SCAN_TILE_ELEMENTS = 4096
 # Elements of one decode-step program's (BLOCK_D, BLOCK_N) state tile: 8 a thread over 4 warps, so that a
 # memory-bound decode step of one sequence still spreads over D * N / 1024 programs.
 STATE_TILE_ELEMENTS = 1024
