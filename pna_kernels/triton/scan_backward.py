@@ -4,12 +4,14 @@ With a_t = exp(dt_t A), b_t = dt_t B_t u_t and h_t = a_t h_{t-1} + b_t, the adjo
     g_t = a_{t+1} g_{t+1} + local_t,   g_{L-1} = local_{L-1} + grad_last_state,
     local_t = C_t dy_t + grad_entropy_t dH/dh_t + grad_halt_t halt_weight,
     dH/dh_t = 2 h_t (S2_t / S1_t - log h_t^2) / S1_t   (0 where h_t = 0 or S1_t = 0),
-and, using a_t h_{t-1} = h_t - b_t (no division, no shift),
+where dy_t = grad_out_t silu(z_t) (grad_out_t without z); and, using a_t h_{t-1} = h_t - b_t (no division),
     d dt_t = sum_n g_t ((h_t - b_t) A + B_t u_t),   dA = sum_{b,t} g_t (h_t - b_t) dt_t,
     du_t = sum_n g_t dt_t B_t + dy_t Dskip,   dB_t = sum_{d in group} g_t dt_t u_t,   dC_t = sum_{d in group} dy_t h_t,
-    dinitial_state = a_0 g_0,   ddelta = d dt * sigmoid(delta + delta_bias) under softplus.
-Within a chunk g comes from a reverse associative scan over (a_{t+1}, local_t); the carry between chunks is
-a_0 g_0 of the later chunk. Reductions over batch or over the channels of a group are written as per-program
+    ddelta = d dt sigmoid(delta + delta_bias) under softplus (d dt otherwise),   ddelta_bias = sum_{b,t} ddelta,
+    dz = grad_out y sigmoid(z) (1 + z (1 - sigmoid(z))),   dDskip = sum_{b,t} dy u,
+    dhalt_weight = sum_{b,t} grad_halt_t h_t,   dhalt_bias = sum_{b,t} grad_halt_t,   dinitial_state = a_0 g_0.
+Within a chunk g comes from a reverse associative scan over (a_{t+1}, local_t), a_{t+1} from a second load of
+delta shifted by one step; the carry between chunks is a_0 g_0 of the later chunk. Reductions over batch or over the channels of a group are written as per-program
 partials and summed afterwards in a fixed order.
 """
 from __future__ import annotations
