@@ -11,8 +11,8 @@ where dy_t = grad_out_t silu(z_t) (grad_out_t without z); and, using a_t h_{t-1}
     dz = grad_out y sigmoid(z) (1 + z (1 - sigmoid(z))),   dDskip = sum_{b,t} dy u,
     dhalt_weight = sum_{b,t} grad_halt_t h_t,   dhalt_bias = sum_{b,t} grad_halt_t,   dinitial_state = a_0 g_0.
 Within a chunk g comes from a reverse associative scan over (a_{t+1}, local_t), a_{t+1} from a second load of
-delta shifted by one step; the carry between chunks is a_0 g_0 of the later chunk. Reductions over batch or over the channels of a group are written as per-program
-partials and summed afterwards in a fixed order.
+delta shifted by one step; the carry between chunks is a_0 g_0 of the later chunk. Reductions over batch or over
+the channels of a group are written as per-program partials and summed afterwards in a fixed order.
 """
 from __future__ import annotations
 
