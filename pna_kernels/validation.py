@@ -107,6 +107,8 @@ def check_scan_inputs(
             _fail(name, f"number of groups G = {groups} must divide D = {dim}")
         _check_tensor(name, t4, (batch, groups, dstate, length), device)
         _check_same_dtype(name, t4, u.dtype)
+        if name == "C" and groups != bc["B"].shape[1]:
+            _fail("C", f"expected the number of groups of B ({bc['B'].shape[1]}), got {groups}")
         bc[name] = t4.contiguous()
     cdt = compute_dtype(u.dtype)
     given = {
@@ -225,6 +227,8 @@ def check_state_update_inputs(
             _fail(name, f"number of groups G = {t3.shape[1]} must divide D = {dim}")
         _check_tensor(name, t3, (batch, t3.shape[1], dstate), device)
         _check_same_dtype(name, t3, x.dtype)
+        if name == "C" and t3.shape[1] != bc["B"].shape[1]:
+            _fail("C", f"expected the number of groups of B ({bc['B'].shape[1]}), got {t3.shape[1]}")
         bc[name] = t3.contiguous()
     if D is not None:
         _check_tensor("D", D, (dim,), device)
@@ -234,8 +238,10 @@ def check_state_update_inputs(
         _check_tensor("halt_weight", halt_weight, (dim, dstate), device)
     if isinstance(halt_bias, (int, float)):
         halt_bias = torch.tensor(float(halt_bias), device=device)
-    if halt_bias is not None and (not isinstance(halt_bias, Tensor) or halt_bias.numel() != 1):
-        _fail("halt_bias", "expected a scalar tensor or a float")
+    if halt_bias is not None:
+        if not isinstance(halt_bias, Tensor) or halt_bias.numel() != 1:
+            _fail("halt_bias", "expected a scalar tensor or a float")
+        _check_tensor("halt_bias", halt_bias, tuple(halt_bias.shape), device)
     if not isinstance(dt_softplus, bool):
         _fail("dt_softplus", f"expected a bool, got {type(dt_softplus).__name__}")
 

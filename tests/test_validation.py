@@ -146,6 +146,11 @@ def test_scan_groups_must_divide_dim(name):
         scan(**{name: torch.zeros(BATCH, 3, DSTATE, LENGTH)})
 
 
+def test_scan_b_and_c_groups_must_match():
+    with pytest.raises(ValueError, match="^C: expected the number of groups of B"):
+        scan(C=torch.randn(BATCH, 1, DSTATE, LENGTH))
+
+
 def test_scan_bad_backend():
     with pytest.raises(ValueError, match="^backend:"):
         scan(backend="no-such-backend")
@@ -154,11 +159,6 @@ def test_scan_bad_backend():
 def test_scan_delta_softplus_must_be_bool():
     with pytest.raises(ValueError, match="^delta_softplus:"):
         scan(delta_softplus=1)
-
-
-HALT_BIAS_UNCHECKED = pytest.mark.xfail(
-    strict=True, reason="check_state_update_inputs checks only the size of halt_bias, not its dtype or device"
-)
 
 
 @pytest.mark.parametrize("name", [n for n in STEP_TENSORS if n != "x"])  # x defines the shapes
@@ -173,8 +173,7 @@ def test_step_wrong_rank(name):
         step(**{name: step_inputs()[name][..., None, None]})
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=HALT_BIAS_UNCHECKED) if n == "halt_bias" else n
-                                  for n in STEP_TENSORS])
+@pytest.mark.parametrize("name", STEP_TENSORS)
 def test_step_integer_dtype(name):
     with pytest.raises(ValueError, match=f"^{name}:"):
         step(**{name: step_inputs()[name].to(torch.int32)})
@@ -186,8 +185,7 @@ def test_step_dtype_differs_from_x(name):
         step(**{name: step_inputs()[name].double()})
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=HALT_BIAS_UNCHECKED) if n == "halt_bias" else n
-                                  for n in STEP_TENSORS if n != "x"])
+@pytest.mark.parametrize("name", [n for n in STEP_TENSORS if n != "x"])
 def test_step_wrong_device(name):
     with pytest.raises(ValueError, match=f"^{name}:"):
         step(**{name: step_inputs()[name].to("meta")})
@@ -203,6 +201,11 @@ def test_step_state_must_be_contiguous():
 def test_step_groups_must_divide_dim(name):
     with pytest.raises(ValueError, match=f"^{name}: number of groups G = 3"):
         step(**{name: torch.zeros(BATCH, 3, DSTATE)})
+
+
+def test_step_b_and_c_groups_must_match():
+    with pytest.raises(ValueError, match="^C: expected the number of groups of B"):
+        step(C=torch.randn(BATCH, 1, DSTATE))
 
 
 def test_step_state_size_limit():
