@@ -51,7 +51,7 @@ def _build() -> tuple[ModuleType | None, str | None]:
         )
     except (RuntimeError, OSError, ImportError) as exc:
         lines = str(exc).strip().splitlines() or [type(exc).__name__]
-        first_error = next((line for line in lines if "error" in line.lower()), lines[-1])
+        first_error = next((line for line in lines if "error:" in line), lines[-1])  # the compiler's first complaint
         return None, (
             f"building the C++/OpenMP kernels in {SOURCE_DIR} failed ({first_error.strip()}); "
             "it needs a C++17 compiler with OpenMP (g++ or clang++ with libomp, found via $CXX or on PATH) and "
