@@ -109,6 +109,15 @@ def test_float32_matches_oracle(small_tiles, batch, dim, length, dstate, groups,
 
 
 @interpreted
+def test_all_zero_states_have_zero_entropy_and_gradient(small_tiles):
+    x = make_inputs(2, 4, 13, 4, 2, True, True, False, True)
+    x["u"][:, :, :10] = 0.0  # no initial state: h_t = 0 for the first 10 steps, across a chunk boundary
+    assert_matches_oracle(x, True, RTOL[torch.float32])
+    out = pna_kernels.selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], backend="triton")
+    assert torch.equal(out.entropy[:, :10], torch.zeros(2, 10))
+
+
+@interpreted
 def test_default_tiles_with_partial_last_chunk():
     length = triton_backend.CHUNK_SIZE + 5
     x = make_inputs(1, 2, length, 4, 1, True, True, True, True)
