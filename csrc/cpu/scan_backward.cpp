@@ -1,8 +1,9 @@
 // Fused backward on the CPU: a reverse walk over chunks with recomputation from the forward's checkpoints.
 //
-// Work items are the forward's (batch row, channel block). For each chunk, last to first, every channel of the
-// block recomputes its states from the chunk's checkpoint into a (chunk + 1, N) scratch buffer (with the decay
-// factors exp(dt A) in a (chunk, N) one), then runs the adjoint recurrence backwards over the chunk:
+// Work items are the forward's (batch row, channel block), with the same channel-innermost layout. For each
+// chunk, last to first, the block recomputes its states from the chunk's checkpoint into a
+// (chunk + 1, N, channels) scratch buffer (and the decay factors exp(dt A) into a (chunk, N, channels) one), then
+// runs the adjoint recurrence backwards over the chunk:
 //   g_t = exp(dt_{t+1} A) g_{t+1} + C_t dy_t + grad_entropy_t * 2 h_t (S2/S1 - log h_t^2) / S1
 //         + grad_halt_t * halt_weight,            g_{L-1} starts from grad_last_state.
 // Gradients owned by one item (du, ddelta, dz, dinitial_state) are written directly; the others go to partial
@@ -52,134 +53,138 @@ struct BackwardPointers {
 };
 
 template <typename scalar_t>
-PNA_CPU_MULTIVERSION void backward_block(const BackwardPointers<scalar_t>& p, const ScanDims& dims, const ChannelBlocks& blocks,
-                    bool delta_softplus, int64_t b, int64_t block) {
+PNA_CPU_MULTIVERSION void backward_block(const BackwardPointers<scalar_t>& p, const ScanDims& dims,
+                                        const ChannelBlocks& blocks, bool delta_softplus, int64_t b, int64_t block) {
   const int64_t N = dims.dstate, L = dims.length, T = dims.chunk, n_chunks = dims.n_chunks();
-  const int64_t group = blocks.group(block), d0 = blocks.begin(block), d1 = blocks.end(block);
+  const int64_t group = blocks.group(block), d0 = blocks.begin(block), W = blocks.end(block) - d0;
   const scalar_t* Bg = p.B + (b * dims.groups + group) * N * L;
   const scalar_t* Cg = p.C + (b * dims.groups + group) * N * L;
   scalar_t* dBg = p.dB_blocks + (b * blocks.count(dims) + block) * N * L;
   scalar_t* dCg = p.dC_blocks + (b * blocks.count(dims) + block) * N * L;
   const scalar_t* S1 = p.entropy_sums + b * 2 * L;
   const scalar_t* S2 = S1 + L;
+  const scalar_t* grad_entropy = p.grad_entropy + b * L;
+  const scalar_t* grad_halt = p.grad_halt + b * L;
 
-  // adjoint of every channel of the block, carried from chunk to chunk
-  std::vector<scalar_t> adjoint((d1 - d0) * N);
-  std::copy(p.grad_last_state + (b * dims.dim + d0) * N, p.grad_last_state + (b * dims.dim + d1) * N,
-            adjoint.begin());
-  std::vector<scalar_t> dA_acc((d1 - d0) * N, scalar_t(0)), dhw_acc((d1 - d0) * N, scalar_t(0));
-  std::vector<scalar_t> dD_acc(d1 - d0, scalar_t(0)), ddb_acc(d1 - d0, scalar_t(0));
-  std::vector<scalar_t> Bt(T * N), Ct(T * N), dBt(T * N), dCt(T * N);
-  std::vector<scalar_t> states((T + 1) * N), decay(T * N), dt_row(T), dt_grad_row(T, 1);
-  std::vector<scalar_t> gate_row(T, 1), gate_grad_row(T, 0);
-  std::vector<scalar_t> ent_scale(T), ent_shift(T);
+  // Channel-innermost layouts as in the forward: [n][channel], [step][channel], [step][n][channel].
+  std::vector<scalar_t> g(N * W), A(N * W), hw(N * W), dA(N * W, scalar_t(0)), dhw(N * W, scalar_t(0));
+  std::vector<scalar_t> states((T + 1) * N * W), decay(T * N * W);
+  std::vector<scalar_t> dt(T * W), dt_grad(T * W, scalar_t(1)), u(T * W), gout(T * W), gate(T * W, scalar_t(1));
+  std::vector<scalar_t> gate_grad(T * W, scalar_t(0)), row(T), Dskip(W), dD(W, scalar_t(0)), dbias(W, scalar_t(0));
+  std::vector<scalar_t> dy(W), y(W), gB(W), gdt(W);
+  for (int64_t k = 0; k < W; ++k) {
+    Dskip[k] = p.D[d0 + k];
+    for (int64_t n = 0; n < N; ++n) {
+      g[n * W + k] = p.grad_last_state[(b * dims.dim + d0 + k) * N + n];
+      A[n * W + k] = p.A[(d0 + k) * N + n];
+      hw[n * W + k] = p.halt_weight[(d0 + k) * N + n];
+    }
+  }
 
   for (int64_t c = n_chunks - 1; c >= 0; --c) {
     const int64_t t0 = c * T, steps = std::min(T, L - t0);
-    for (int64_t n = 0; n < N; ++n) {
-      for (int64_t t = 0; t < steps; ++t) {
-        Bt[t * N + n] = Bg[n * L + t0 + t];
-        Ct[t * N + n] = Cg[n * L + t0 + t];
-      }
-    }
-    std::fill(dBt.begin(), dBt.end(), scalar_t(0));
-    std::fill(dCt.begin(), dCt.end(), scalar_t(0));
-    // dH/dh = 2h (S2/S1 - log h^2) / S1 = ent_scale * h * (ent_shift - log h^2); H is constant where S1 = 0
-    for (int64_t t = 0; t < steps; ++t) {
-      const scalar_t s1 = S1[t0 + t];
-      const bool positive = s1 > scalar_t(0);
-      ent_scale[t] = positive ? scalar_t(2) * p.grad_entropy[b * L + t0 + t] / s1 : scalar_t(0);
-      ent_shift[t] = positive ? S2[t0 + t] / s1 : scalar_t(0);
-    }
-    for (int64_t d = d0; d < d1; ++d) {
-      const scalar_t* Ad = p.A + d * N;
-      const scalar_t* hw = p.halt_weight + d * N;
-      const int64_t row = (b * dims.dim + d) * L + t0;
-      // recompute the chunk's states: states[t + 1] = h_t, states[0] = the checkpoint
-      const scalar_t* checkpoint = p.checkpoints + ((b * n_chunks + c) * dims.dim + d) * N;
-      std::copy(checkpoint, checkpoint + N, states.begin());
-      const scalar_t bias = p.delta_bias[d];
+    for (int64_t k = 0; k < W; ++k) {
+      for (int64_t n = 0; n < N; ++n) states[n * W + k] = p.checkpoints[((b * n_chunks + c) * dims.dim + d0 + k) * N + n];
+      const int64_t offset = (b * dims.dim + d0 + k) * L + t0;
+      const scalar_t bias = p.delta_bias[d0 + k];
 #pragma omp simd
-      for (int64_t t = 0; t < steps; ++t) dt_row[t] = discretize(p.delta[row + t] + bias, delta_softplus);
+      for (int64_t t = 0; t < steps; ++t) row[t] = discretize(p.delta[offset + t] + bias, delta_softplus);
+      for (int64_t t = 0; t < steps; ++t) dt[t * W + k] = row[t];
       if (delta_softplus) {
 #pragma omp simd
-        for (int64_t t = 0; t < steps; ++t) dt_grad_row[t] = softplus_grad(p.delta[row + t] + bias);
+        for (int64_t t = 0; t < steps; ++t) row[t] = softplus_grad(p.delta[offset + t] + bias);
+        for (int64_t t = 0; t < steps; ++t) dt_grad[t * W + k] = row[t];
       }
       if (p.z != nullptr) {
 #pragma omp simd
-        for (int64_t t = 0; t < steps; ++t) {
-          gate_row[t] = silu(p.z[row + t]);
-          gate_grad_row[t] = silu_grad(p.z[row + t]);
-        }
-      }
-      for (int64_t t = 0; t < steps; ++t) {
-        const scalar_t dt = dt_row[t], dtu = dt * p.u[row + t];
-        const scalar_t* Bs = Bt.data() + t * N;
-        const scalar_t* prev = states.data() + t * N;
-        scalar_t* next = states.data() + (t + 1) * N;
-        scalar_t* dec = decay.data() + t * N;
+        for (int64_t t = 0; t < steps; ++t) row[t] = silu(p.z[offset + t]);
+        for (int64_t t = 0; t < steps; ++t) gate[t * W + k] = row[t];
 #pragma omp simd
-        for (int64_t n = 0; n < N; ++n) {
-          dec[n] = exp_v(dt * Ad[n]);
-          next[n] = dec[n] * prev[n] + dtu * Bs[n];
-        }
+        for (int64_t t = 0; t < steps; ++t) row[t] = silu_grad(p.z[offset + t]);
+        for (int64_t t = 0; t < steps; ++t) gate_grad[t * W + k] = row[t];
       }
-      scalar_t* g = adjoint.data() + (d - d0) * N;
-      scalar_t* dAd = dA_acc.data() + (d - d0) * N;
-      scalar_t* dhwd = dhw_acc.data() + (d - d0) * N;
-      scalar_t dD_sum = 0, ddb_sum = 0;
-      const scalar_t Dd = p.D[d];
-      for (int64_t t = steps - 1; t >= 0; --t) {
-        const scalar_t dt = dt_row[t], u = p.u[row + t], dtu = dt * u, gout = p.grad_out[row + t];
-        const scalar_t dy = gout * gate_row[t];
-        const scalar_t e_scale = ent_scale[t], e_shift = ent_shift[t];
-        const scalar_t ghalt = p.grad_halt[b * L + t0 + t];
-        const scalar_t* Bs = Bt.data() + t * N;
-        const scalar_t* Cs = Ct.data() + t * N;
-        const scalar_t* h = states.data() + (t + 1) * N;
-        const scalar_t* prev = states.data() + t * N;
-        const scalar_t* dec = decay.data() + t * N;
-        scalar_t* dBs = dBt.data() + t * N;
-        scalar_t* dCs = dCt.data() + t * N;
-        scalar_t y = 0, gB = 0, ddt = 0;
-#pragma omp simd reduction(+ : y, gB, ddt)
-        for (int64_t n = 0; n < N; ++n) {
-          const scalar_t hn = h[n];
-          const scalar_t gn = g[n] + Cs[n] * dy + e_scale * (hn * e_shift - hn * log_or_zero(hn * hn)) +
-                              ghalt * hw[n];
-          y += Cs[n] * hn;
-          dCs[n] += dy * hn;
-          dhwd[n] += ghalt * hn;
-          dBs[n] += gn * dtu;
-          gB += gn * Bs[n];
-          const scalar_t decayed_prev = dec[n] * prev[n];
-          ddt += gn * (Ad[n] * decayed_prev + Bs[n] * u);
-          dAd[n] += gn * dt * decayed_prev;
-          g[n] = gn * dec[n];
-        }
-        p.du[row + t] = dt * gB + dy * Dd;
-        const scalar_t gdelta = ddt * dt_grad_row[t];
-        p.ddelta[row + t] = gdelta;
-        ddb_sum += gdelta;
-        dD_sum += dy * u;
-        if (p.z != nullptr) p.dz[row + t] = gout * (y + Dd * u) * gate_grad_row[t];
-      }
-      dD_acc[d - d0] += dD_sum;
-      ddb_acc[d - d0] += ddb_sum;
+      for (int64_t t = 0; t < steps; ++t) u[t * W + k] = p.u[offset + t];
+      for (int64_t t = 0; t < steps; ++t) gout[t * W + k] = p.grad_out[offset + t];
     }
-    for (int64_t n = 0; n < N; ++n) {
-      for (int64_t t = 0; t < steps; ++t) {
-        dBg[n * L + t0 + t] = dBt[t * N + n];
-        dCg[n * L + t0 + t] = dCt[t * N + n];
+    // recompute the chunk's states from its checkpoint: states[t + 1] = h_t, states[0] = the checkpoint
+    for (int64_t t = 0; t < steps; ++t) {
+      const scalar_t* dtt = dt.data() + t * W;
+      const scalar_t* ut = u.data() + t * W;
+      for (int64_t n = 0; n < N; ++n) {
+        const scalar_t Bn = Bg[n * L + t0 + t];
+        const scalar_t* An = A.data() + n * W;
+        const scalar_t* prev = states.data() + (t * N + n) * W;
+        scalar_t* next = states.data() + ((t + 1) * N + n) * W;
+        scalar_t* dec = decay.data() + (t * N + n) * W;
+#pragma omp simd
+        for (int64_t k = 0; k < W; ++k) {
+          dec[k] = exp_v(dtt[k] * An[k]);
+          next[k] = dec[k] * prev[k] + dtt[k] * ut[k] * Bn;
+        }
+      }
+    }
+    // adjoint recurrence, last step of the chunk first
+    for (int64_t t = steps - 1; t >= 0; --t) {
+      const scalar_t* dtt = dt.data() + t * W;
+      const scalar_t* ut = u.data() + t * W;
+      // dH/dh = 2h (S2/S1 - log h^2) / S1 = scale * (h * shift - h log h^2); H is constant where S1 = 0
+      const scalar_t s1 = S1[t0 + t];
+      const scalar_t scale = s1 > scalar_t(0) ? scalar_t(2) * grad_entropy[t0 + t] / s1 : scalar_t(0);
+      const scalar_t shift = s1 > scalar_t(0) ? S2[t0 + t] / s1 : scalar_t(0);
+      const scalar_t ghalt = grad_halt[t0 + t];
+      for (int64_t k = 0; k < W; ++k) {
+        dy[k] = gout[t * W + k] * gate[t * W + k];
+        y[k] = gB[k] = gdt[k] = scalar_t(0);
+      }
+      for (int64_t n = 0; n < N; ++n) {
+        const scalar_t Bn = Bg[n * L + t0 + t], Cn = Cg[n * L + t0 + t];
+        const scalar_t* An = A.data() + n * W;
+        const scalar_t* hwn = hw.data() + n * W;
+        const scalar_t* h = states.data() + ((t + 1) * N + n) * W;
+        const scalar_t* prev = states.data() + (t * N + n) * W;
+        const scalar_t* dec = decay.data() + (t * N + n) * W;
+        scalar_t* gn = g.data() + n * W;
+        scalar_t* dAn = dA.data() + n * W;
+        scalar_t* dhwn = dhw.data() + n * W;
+        scalar_t dB_sum = 0, dC_sum = 0;
+#pragma omp simd reduction(+ : dB_sum, dC_sum)
+        for (int64_t k = 0; k < W; ++k) {
+          const scalar_t hk = h[k];
+          const scalar_t gk = gn[k] + Cn * dy[k] + scale * (hk * shift - hk * log_or_zero(hk * hk)) + ghalt * hwn[k];
+          y[k] += Cn * hk;
+          dC_sum += dy[k] * hk;
+          dhwn[k] += ghalt * hk;
+          dB_sum += gk * dtt[k] * ut[k];
+          gB[k] += gk * Bn;
+          const scalar_t decayed_prev = dec[k] * prev[k];
+          gdt[k] += gk * (An[k] * decayed_prev + Bn * ut[k]);
+          dAn[k] += gk * dtt[k] * decayed_prev;
+          gn[k] = gk * dec[k];
+        }
+        dBg[n * L + t0 + t] = dB_sum;
+        dCg[n * L + t0 + t] = dC_sum;
+      }
+      for (int64_t k = 0; k < W; ++k) {
+        const int64_t i = (b * dims.dim + d0 + k) * L + t0 + t;
+        const scalar_t gdelta = gdt[k] * dt_grad[t * W + k];
+        p.du[i] = dtt[k] * gB[k] + dy[k] * Dskip[k];
+        p.ddelta[i] = gdelta;
+        dbias[k] += gdelta;
+        dD[k] += dy[k] * ut[k];
+        if (p.z != nullptr) p.dz[i] = gout[t * W + k] * (y[k] + Dskip[k] * ut[k]) * gate_grad[t * W + k];
       }
     }
   }
-  const int64_t first = (b * dims.dim + d0) * N;
-  std::copy(adjoint.begin(), adjoint.end(), p.dinitial_state + first);
-  std::copy(dA_acc.begin(), dA_acc.end(), p.dA_rows + first);
-  std::copy(dhw_acc.begin(), dhw_acc.end(), p.dhalt_weight_rows + first);
-  std::copy(dD_acc.begin(), dD_acc.end(), p.dD_rows + b * dims.dim + d0);
-  std::copy(ddb_acc.begin(), ddb_acc.end(), p.ddelta_bias_rows + b * dims.dim + d0);
+  for (int64_t k = 0; k < W; ++k) {
+    const int64_t d = d0 + k;
+    for (int64_t n = 0; n < N; ++n) {
+      p.dinitial_state[(b * dims.dim + d) * N + n] = g[n * W + k];
+      p.dA_rows[(b * dims.dim + d) * N + n] = dA[n * W + k];
+      p.dhalt_weight_rows[(b * dims.dim + d) * N + n] = dhw[n * W + k];
+    }
+    p.dD_rows[b * dims.dim + d] = dD[k];
+    p.ddelta_bias_rows[b * dims.dim + d] = dbias[k];
+  }
 }
 
 // out[i] = sum over r < rows of parts[r * size + i], in order of r.

@@ -1,9 +1,10 @@
 // Fused forward on the CPU: the selective scan, y, the gate, per-token entropy sums and halt logits in one pass.
 //
-// Work items are (batch row, channel block); OpenMP spreads them over threads. Inside an item the loop runs
-// chunk by chunk: B and C of the chunk are transposed to (step, N) so the innermost loop over N reads contiguous
-// memory, then every channel walks the chunk with its state in a small buffer. Per-token S1, S2 and halt sums
-// of the block go to a partial buffer (batch, blocks, 3, L) that is summed over blocks in a fixed order.
+// Work items are (batch row, block of up to 16 channels); OpenMP spreads them over threads. An item keeps its
+// block's state as (N, channels) and walks time chunk by chunk; the innermost loop runs over the block's
+// channels, contiguous in that layout, so each step's y, S1, S2 and halt sums accumulate lane-wise with no
+// reduction inside the vector loop. The per-token sums of the block go to a partial buffer (batch, blocks, 3, L)
+// that is summed over blocks in a fixed order.
 #include <vector>
 
 #include <ATen/Dispatch.h>
@@ -36,66 +37,78 @@ struct ForwardPointers {
 };
 
 template <typename scalar_t>
-PNA_CPU_MULTIVERSION void forward_block(const ForwardPointers<scalar_t>& p, const ScanDims& dims, const ChannelBlocks& blocks,
-                   bool delta_softplus, int64_t b, int64_t block) {
-  const int64_t N = dims.dstate, L = dims.length, T = dims.chunk;
-  const int64_t group = blocks.group(block), d0 = blocks.begin(block), d1 = blocks.end(block);
+PNA_CPU_MULTIVERSION void forward_block(const ForwardPointers<scalar_t>& p, const ScanDims& dims,
+                                       const ChannelBlocks& blocks, bool delta_softplus, int64_t b, int64_t block) {
+  const int64_t N = dims.dstate, L = dims.length, T = dims.chunk, n_chunks = dims.n_chunks();
+  const int64_t group = blocks.group(block), d0 = blocks.begin(block), W = blocks.end(block) - d0;
   const scalar_t* Bg = p.B + (b * dims.groups + group) * N * L;
   const scalar_t* Cg = p.C + (b * dims.groups + group) * N * L;
-  std::vector<scalar_t> state((d1 - d0) * N), Bt(T * N), Ct(T * N), sums(3 * T), dt_row(T), gate_row(T, 1);
-  std::copy(p.initial_state + (b * dims.dim + d0) * N, p.initial_state + (b * dims.dim + d1) * N, state.begin());
   scalar_t* part = p.partials + (b * blocks.count(dims) + block) * 3 * L;
-
-  for (int64_t c = 0; c < dims.n_chunks(); ++c) {
-    const int64_t t0 = c * T, steps = std::min(T, L - t0);
+  // Channel-innermost copies ([n][channel] and [step][channel]), so the vector loops run over W channels.
+  std::vector<scalar_t> h(N * W), A(N * W), hw(N * W), dt(T * W), u(T * W), gate(T * W, scalar_t(1)), row(T);
+  std::vector<scalar_t> y(W), s1(W), s2(W), hsum(W);
+  for (int64_t k = 0; k < W; ++k) {
     for (int64_t n = 0; n < N; ++n) {
-      for (int64_t t = 0; t < steps; ++t) {
-        Bt[t * N + n] = Bg[n * L + t0 + t];
-        Ct[t * N + n] = Cg[n * L + t0 + t];
-      }
-    }
-    std::fill(sums.begin(), sums.end(), scalar_t(0));
-    for (int64_t d = d0; d < d1; ++d) {
-      scalar_t* h = state.data() + (d - d0) * N;
-      std::copy(h, h + N, p.checkpoints + ((b * dims.n_chunks() + c) * dims.dim + d) * N);
-      const scalar_t* Ad = p.A + d * N;
-      const scalar_t* hw = p.halt_weight + d * N;
-      const int64_t row = (b * dims.dim + d) * L + t0;
-      const scalar_t bias = p.delta_bias[d];
-#pragma omp simd
-      for (int64_t t = 0; t < steps; ++t) dt_row[t] = discretize(p.delta[row + t] + bias, delta_softplus);
-      if (p.z != nullptr) {
-#pragma omp simd
-        for (int64_t t = 0; t < steps; ++t) gate_row[t] = silu(p.z[row + t]);
-      }
-      for (int64_t t = 0; t < steps; ++t) {
-        const scalar_t dt = dt_row[t];
-        const scalar_t u = p.u[row + t];
-        const scalar_t dtu = dt * u;
-        const scalar_t* Bs = Bt.data() + t * N;
-        const scalar_t* Cs = Ct.data() + t * N;
-        scalar_t y = 0, s1 = 0, s2 = 0, hsum = 0;
-#pragma omp simd reduction(+ : y, s1, s2, hsum)
-        for (int64_t n = 0; n < N; ++n) {
-          const scalar_t hn = exp_v(dt * Ad[n]) * h[n] + dtu * Bs[n];
-          h[n] = hn;
-          const scalar_t e = hn * hn;
-          y += Cs[n] * hn;
-          s1 += e;
-          s2 += e * log_or_zero(e);
-          hsum += hw[n] * hn;
-        }
-        sums[t] += s1;
-        sums[T + t] += s2;
-        sums[2 * T + t] += hsum;
-        p.out[row + t] = (y + p.D[d] * u) * gate_row[t];
-      }
-    }
-    for (int64_t k = 0; k < 3; ++k) {
-      std::copy(sums.begin() + k * T, sums.begin() + k * T + steps, part + k * L + t0);
+      h[n * W + k] = p.initial_state[(b * dims.dim + d0 + k) * N + n];
+      A[n * W + k] = p.A[(d0 + k) * N + n];
+      hw[n * W + k] = p.halt_weight[(d0 + k) * N + n];
     }
   }
-  std::copy(state.begin(), state.end(), p.last_state + (b * dims.dim + d0) * N);
+
+  for (int64_t c = 0; c < n_chunks; ++c) {
+    const int64_t t0 = c * T, steps = std::min(T, L - t0);
+    for (int64_t k = 0; k < W; ++k) {
+      for (int64_t n = 0; n < N; ++n) p.checkpoints[((b * n_chunks + c) * dims.dim + d0 + k) * N + n] = h[n * W + k];
+      const int64_t offset = (b * dims.dim + d0 + k) * L + t0;
+      const scalar_t bias = p.delta_bias[d0 + k];
+#pragma omp simd
+      for (int64_t t = 0; t < steps; ++t) row[t] = discretize(p.delta[offset + t] + bias, delta_softplus);
+      for (int64_t t = 0; t < steps; ++t) dt[t * W + k] = row[t];
+      for (int64_t t = 0; t < steps; ++t) u[t * W + k] = p.u[offset + t];
+      if (p.z != nullptr) {
+#pragma omp simd
+        for (int64_t t = 0; t < steps; ++t) row[t] = silu(p.z[offset + t]);
+        for (int64_t t = 0; t < steps; ++t) gate[t * W + k] = row[t];
+      }
+    }
+    for (int64_t t = 0; t < steps; ++t) {
+      const scalar_t* dtt = dt.data() + t * W;
+      const scalar_t* ut = u.data() + t * W;
+      std::fill(y.begin(), y.end(), scalar_t(0));
+      std::fill(s1.begin(), s1.end(), scalar_t(0));
+      std::fill(s2.begin(), s2.end(), scalar_t(0));
+      std::fill(hsum.begin(), hsum.end(), scalar_t(0));
+      for (int64_t n = 0; n < N; ++n) {
+        const scalar_t Bn = Bg[n * L + t0 + t], Cn = Cg[n * L + t0 + t];
+        scalar_t* hn = h.data() + n * W;
+        const scalar_t* An = A.data() + n * W;
+        const scalar_t* hwn = hw.data() + n * W;
+#pragma omp simd
+        for (int64_t k = 0; k < W; ++k) {
+          const scalar_t v = exp_v(dtt[k] * An[k]) * hn[k] + dtt[k] * ut[k] * Bn;
+          hn[k] = v;
+          const scalar_t e = v * v;
+          y[k] += Cn * v;
+          s1[k] += e;
+          s2[k] += e * log_or_zero(e);
+          hsum[k] += hwn[k] * v;
+        }
+      }
+      scalar_t s1_total = 0, s2_total = 0, hsum_total = 0;
+      for (int64_t k = 0; k < W; ++k) {
+        s1_total += s1[k];
+        s2_total += s2[k];
+        hsum_total += hsum[k];
+        p.out[(b * dims.dim + d0 + k) * L + t0 + t] = (y[k] + p.D[d0 + k] * ut[k]) * gate[t * W + k];
+      }
+      part[t0 + t] = s1_total;
+      part[L + t0 + t] = s2_total;
+      part[2 * L + t0 + t] = hsum_total;
+    }
+  }
+  for (int64_t k = 0; k < W; ++k) {
+    for (int64_t n = 0; n < N; ++n) p.last_state[(b * dims.dim + d0 + k) * N + n] = h[n * W + k];
+  }
 }
 
 template <typename scalar_t>
