@@ -56,7 +56,10 @@ template <typename scalar_t>
 PNA_CPU_MULTIVERSION void backward_block(const BackwardPointers<scalar_t>& p, const ScanDims& dims,
                                         const ChannelBlocks& blocks, bool delta_softplus, int64_t b, int64_t block) {
   const int64_t N = dims.dstate, L = dims.length, T = dims.chunk, n_chunks = dims.n_chunks();
-  const int64_t group = blocks.group(block), d0 = blocks.begin(block), W = blocks.end(block) - d0;
+  const int64_t group = blocks.group(block), d0 = blocks.begin(block), width = blocks.end(block) - d0;
+  // Lanes past `width` are padding: zero state, inputs and parameters keep them exactly zero, so the
+  // vector loops always run over kBlockChannels lanes, a compile-time count the compiler fully unrolls.
+  constexpr int64_t W = kBlockChannels;
   const scalar_t* Bg = p.B + (b * dims.groups + group) * N * L;
   const scalar_t* Cg = p.C + (b * dims.groups + group) * N * L;
   scalar_t* dBg = p.dB_blocks + (b * blocks.count(dims) + block) * N * L;
@@ -71,8 +74,8 @@ PNA_CPU_MULTIVERSION void backward_block(const BackwardPointers<scalar_t>& p, co
   std::vector<scalar_t> states((T + 1) * N * W), decay(T * N * W);
   std::vector<scalar_t> dt(T * W), dt_grad(T * W, scalar_t(1)), u(T * W), gout(T * W), gate(T * W, scalar_t(1));
   std::vector<scalar_t> gate_grad(T * W, scalar_t(0)), row(T), Dskip(W), dD(W, scalar_t(0)), dbias(W, scalar_t(0));
-  std::vector<scalar_t> dy(W), y(W), gB(W), gdt(W);
-  for (int64_t k = 0; k < W; ++k) {
+  std::vector<scalar_t> dy(W), y(W), gB(W), gdt(W), dB_lanes(N * W), dC_lanes(N * W);
+  for (int64_t k = 0; k < width; ++k) {
     Dskip[k] = p.D[d0 + k];
     for (int64_t n = 0; n < N; ++n) {
       g[n * W + k] = p.grad_last_state[(b * dims.dim + d0 + k) * N + n];
@@ -83,7 +86,7 @@ PNA_CPU_MULTIVERSION void backward_block(const BackwardPointers<scalar_t>& p, co
 
   for (int64_t c = n_chunks - 1; c >= 0; --c) {
     const int64_t t0 = c * T, steps = std::min(T, L - t0);
-    for (int64_t k = 0; k < W; ++k) {
+    for (int64_t k = 0; k < width; ++k) {
       for (int64_t n = 0; n < N; ++n) states[n * W + k] = p.checkpoints[((b * n_chunks + c) * dims.dim + d0 + k) * N + n];
       const int64_t offset = (b * dims.dim + d0 + k) * L + t0;
       const scalar_t bias = p.delta_bias[d0 + k];
@@ -146,25 +149,28 @@ PNA_CPU_MULTIVERSION void backward_block(const BackwardPointers<scalar_t>& p, co
         scalar_t* gn = g.data() + n * W;
         scalar_t* dAn = dA.data() + n * W;
         scalar_t* dhwn = dhw.data() + n * W;
-        scalar_t dB_sum = 0, dC_sum = 0;
-#pragma omp simd reduction(+ : dB_sum, dC_sum)
+        scalar_t* dBn = dB_lanes.data() + n * W;
+        scalar_t* dCn = dC_lanes.data() + n * W;
+#pragma omp simd
         for (int64_t k = 0; k < W; ++k) {
           const scalar_t hk = h[k];
           const scalar_t gk = gn[k] + Cn * dy[k] + scale * (hk * shift - hk * log_or_zero(hk * hk)) + ghalt * hwn[k];
           y[k] += Cn * hk;
-          dC_sum += dy[k] * hk;
+          dCn[k] = dy[k] * hk;
           dhwn[k] += ghalt * hk;
-          dB_sum += gk * dtt[k] * ut[k];
+          dBn[k] = gk * dtt[k] * ut[k];
           gB[k] += gk * Bn;
           const scalar_t decayed_prev = dec[k] * prev[k];
           gdt[k] += gk * (An[k] * decayed_prev + Bn * ut[k]);
           dAn[k] += gk * dtt[k] * decayed_prev;
           gn[k] = gk * dec[k];
         }
-        dBg[n * L + t0 + t] = dB_sum;
-        dCg[n * L + t0 + t] = dC_sum;
       }
-      for (int64_t k = 0; k < W; ++k) {
+      for (int64_t n = 0; n < N; ++n) {  // dB_t[n], dC_t[n]: sums over the block's channels
+        dBg[n * L + t0 + t] = lane_sum(dB_lanes.data() + n * W);
+        dCg[n * L + t0 + t] = lane_sum(dC_lanes.data() + n * W);
+      }
+      for (int64_t k = 0; k < width; ++k) {
         const int64_t i = (b * dims.dim + d0 + k) * L + t0 + t;
         const scalar_t gdelta = gdt[k] * dt_grad[t * W + k];
         p.du[i] = dtt[k] * gB[k] + dy[k] * Dskip[k];
@@ -175,7 +181,7 @@ PNA_CPU_MULTIVERSION void backward_block(const BackwardPointers<scalar_t>& p, co
       }
     }
   }
-  for (int64_t k = 0; k < W; ++k) {
+  for (int64_t k = 0; k < width; ++k) {
     const int64_t d = d0 + k;
     for (int64_t n = 0; n < N; ++n) {
       p.dinitial_state[(b * dims.dim + d) * N + n] = g[n * W + k];

@@ -40,14 +40,17 @@ template <typename scalar_t>
 PNA_CPU_MULTIVERSION void forward_block(const ForwardPointers<scalar_t>& p, const ScanDims& dims,
                                        const ChannelBlocks& blocks, bool delta_softplus, int64_t b, int64_t block) {
   const int64_t N = dims.dstate, L = dims.length, T = dims.chunk, n_chunks = dims.n_chunks();
-  const int64_t group = blocks.group(block), d0 = blocks.begin(block), W = blocks.end(block) - d0;
+  const int64_t group = blocks.group(block), d0 = blocks.begin(block), width = blocks.end(block) - d0;
+  // Lanes past `width` are padding: zero state, inputs and parameters keep them exactly zero, so the
+  // vector loops always run over kBlockChannels lanes, a compile-time count the compiler fully unrolls.
+  constexpr int64_t W = kBlockChannels;
   const scalar_t* Bg = p.B + (b * dims.groups + group) * N * L;
   const scalar_t* Cg = p.C + (b * dims.groups + group) * N * L;
   scalar_t* part = p.partials + (b * blocks.count(dims) + block) * 3 * L;
   // Channel-innermost copies ([n][channel] and [step][channel]), so the vector loops run over W channels.
   std::vector<scalar_t> h(N * W), A(N * W), hw(N * W), dt(T * W), u(T * W), gate(T * W, scalar_t(1)), row(T);
   std::vector<scalar_t> y(W), s1(W), s2(W), hsum(W);
-  for (int64_t k = 0; k < W; ++k) {
+  for (int64_t k = 0; k < width; ++k) {
     for (int64_t n = 0; n < N; ++n) {
       h[n * W + k] = p.initial_state[(b * dims.dim + d0 + k) * N + n];
       A[n * W + k] = p.A[(d0 + k) * N + n];
@@ -57,7 +60,7 @@ PNA_CPU_MULTIVERSION void forward_block(const ForwardPointers<scalar_t>& p, cons
 
   for (int64_t c = 0; c < n_chunks; ++c) {
     const int64_t t0 = c * T, steps = std::min(T, L - t0);
-    for (int64_t k = 0; k < W; ++k) {
+    for (int64_t k = 0; k < width; ++k) {
       for (int64_t n = 0; n < N; ++n) p.checkpoints[((b * n_chunks + c) * dims.dim + d0 + k) * N + n] = h[n * W + k];
       const int64_t offset = (b * dims.dim + d0 + k) * L + t0;
       const scalar_t bias = p.delta_bias[d0 + k];
@@ -94,19 +97,15 @@ PNA_CPU_MULTIVERSION void forward_block(const ForwardPointers<scalar_t>& p, cons
           hsum[k] += hwn[k] * v;
         }
       }
-      scalar_t s1_total = 0, s2_total = 0, hsum_total = 0;
-      for (int64_t k = 0; k < W; ++k) {
-        s1_total += s1[k];
-        s2_total += s2[k];
-        hsum_total += hsum[k];
+      for (int64_t k = 0; k < width; ++k) {
         p.out[(b * dims.dim + d0 + k) * L + t0 + t] = (y[k] + p.D[d0 + k] * ut[k]) * gate[t * W + k];
       }
-      part[t0 + t] = s1_total;
-      part[L + t0 + t] = s2_total;
-      part[2 * L + t0 + t] = hsum_total;
+      part[t0 + t] = lane_sum(s1.data());
+      part[L + t0 + t] = lane_sum(s2.data());
+      part[2 * L + t0 + t] = lane_sum(hsum.data());
     }
   }
-  for (int64_t k = 0; k < W; ++k) {
+  for (int64_t k = 0; k < width; ++k) {
     for (int64_t n = 0; n < N; ++n) p.last_state[(b * dims.dim + d0 + k) * N + n] = h[n * W + k];
   }
 }
