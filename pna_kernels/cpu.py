@@ -71,7 +71,9 @@ def extension() -> ModuleType:
 def supports(device: torch.device, dtype: torch.dtype, dstate: int) -> str | None:
     """None for CPU tensors of any float dtype with N <= 256 once the extension has built, else why not.
 
-    Calling it builds the extension (about 30 s the first time on a machine, then cached).
+    float32 and float64 run natively; float16 and bfloat16 inputs run in float32 (upcast before the kernels, `out`
+    and the input gradients cast back). Calling it builds the extension (about 30 s the first time on a machine,
+    then cached on disk).
     """
     if device.type != "cpu":
         return f"it runs on CPU tensors only, got device {device}"

@@ -87,7 +87,8 @@ PNA_CPU_MULTIVERSION void backward_block(const BackwardPointers<scalar_t>& p, co
   for (int64_t c = n_chunks - 1; c >= 0; --c) {
     const int64_t t0 = c * T, steps = std::min(T, L - t0);
     for (int64_t k = 0; k < width; ++k) {
-      for (int64_t n = 0; n < N; ++n) states[n * W + k] = p.checkpoints[((b * n_chunks + c) * dims.dim + d0 + k) * N + n];
+      const scalar_t* checkpoint = p.checkpoints + ((b * n_chunks + c) * dims.dim + d0 + k) * N;
+      for (int64_t n = 0; n < N; ++n) states[n * W + k] = checkpoint[n];
       const int64_t offset = (b * dims.dim + d0 + k) * L + t0;
       const scalar_t bias = p.delta_bias[d0 + k];
 #pragma omp simd
