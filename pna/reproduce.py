@@ -55,6 +55,7 @@ FIRST_TABLE_ROWS: tuple[tuple[str, str], ...] = (
 )
 MAIN_RUNS: tuple[tuple[str, str], ...] = (("parity", "ssm"), ("parity", "transformer"), ("sorting", "ssm"))
 ARCHS = ("ssm", "transformer")
+STAGE_FOLDERS = ("runs", "analysis", "generation", "transfer", "sweep", "plots")
 PARITY_MAX_LEN = 64
 OOD_BITS = (9, 10)
 
@@ -85,7 +86,7 @@ class Profile:
     """Sizes of one mode. train: TrainConfig overrides for every run (per arch); n_test: test examples per run;
     n_free / n_free_ood: free-generation examples in-distribution / OOD; transfer: run_transfer keyword
     arguments; transfer_seeds: how many of each protocol's seeds are transferred; sweep_*: the sweep grid;
-    workers: default worker processes; reductions: what this mode changes relative to the full run."""
+    workers: default number of training processes; reductions: what this mode changes relative to the full run."""
 
     name: str
     corrected_seeds: int
@@ -98,6 +99,7 @@ class Profile:
     sweep_alphas: tuple[float, ...]
     sweep_betas: tuple[float, ...]
     sweep_seeds: tuple[int, ...]
+    workers: int = 1
     reductions: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -111,7 +113,7 @@ QUICK = Profile(
     train={arch: {"n_train": 1000, "n_val": 200, "max_epochs": 4, "patience": 2, "tiny": True} for arch in ARCHS},
     n_test=200, n_free=100, n_free_ood=40,
     transfer={"n_train": 500, "n_val": 100, "n_test": 200, "max_epochs": 3, "patience": 2}, transfer_seeds=1,
-    sweep_alphas=(0.0, 0.5), sweep_betas=(0.0, 0.4), sweep_seeds=(0,),
+    sweep_alphas=(0.0, 0.5), sweep_betas=(0.0, 0.4), sweep_seeds=(0,), workers=2,
     reductions=(
         "tiny models (the trainer's --tiny sizes) instead of the paper's ~5M parameters",
         "1000 training / 200 validation examples per run instead of 8000 / 1000; at most 4 epochs, patience 2",
@@ -167,9 +169,9 @@ def main_jobs(profile: Profile, alpha: float, beta: float) -> list[TrainJob]:
     ]
 
 
-def _cached(path: Path, force: bool, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """A stage's JSON output: read back if it exists (and not force), else computed and written."""
-    if path.exists() and not force:
+def _cached(path: Path, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A stage's JSON output: read back if it exists, else computed and written (--force deletes them first)."""
+    if path.exists():
         return json.loads(path.read_text(encoding="utf-8"))
     data = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -289,7 +291,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="reduced run for a 2-core CPU (< 15 minutes)")
     parser.add_argument("--tiny", action="store_true", help="smoke test: tiny models, a few steps (wins over --quick)")
     parser.add_argument("--force", action="store_true", help="redo every stage even if its outputs exist")
-    parser.add_argument("--workers", type=int, default=1, help="parallel training processes (default 1)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="parallel training processes (default: 2 with --quick, else 1)")
     parser.add_argument("--alpha", type=float, default=0.05, help="energy weight of the main runs (default 0.05)")
     parser.add_argument("--beta", type=float, default=0.1, help="halt-BCE weight of the main runs (default 0.1)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -298,54 +301,71 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`pna reproduce`: every stage, then report.md; returns 0."""
-    if args.workers < 1:
+    profile = TINY if args.tiny else QUICK if args.quick else FULL
+    workers = profile.workers if args.workers is None else args.workers
+    if workers < 1:
         raise SystemExit("pna reproduce: error: --workers must be >= 1")
     for name in ("alpha", "beta"):
         value = getattr(args, name)
         if not math.isfinite(value) or value < 0:
             raise SystemExit(f"pna reproduce: error: --{name} must be a finite number >= 0, got {value}")
-    profile = TINY if args.tiny else QUICK if args.quick else FULL
     out = Path(args.out)
     if args.force and out.exists():
-        for sub in ("runs", "analysis", "generation", "transfer", "sweep", "plots"):
+        for sub in STAGE_FOLDERS:
             shutil.rmtree(out / sub, ignore_errors=True)
-    started = time.perf_counter()
+    profile = Profile(**{**profile.__dict__, "train": {
+        arch: {**profile.train[arch], "device": args.device} for arch in ARCHS}})
     protos = protocols(profile)
-    overrides = {arch: {**profile.train[arch], "device": args.device} for arch in ARCHS}
-    profile = Profile(**{**profile.__dict__, "train": overrides})
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[stage] = now - clock
+        clock = now
+
     jobs = main_jobs(profile, args.alpha, args.beta)
-    results = {r["job"]["name"]: r for r in run_jobs(jobs, out / "runs", workers=args.workers, desc="main runs")}
+    results = {r["job"]["name"]: r for r in run_jobs(jobs, out / "runs", workers=workers, desc="main runs")}
+    lap("main training runs + test evaluation")
 
     groups: dict[str, dict[str, Any]] = {}
     for p in tqdm(protos, desc="analysis"):
         for task, arch in MAIN_RUNS:
             key = f"{p.name}_{task}_{arch}"
             group_jobs = [j for j in jobs if j.name.startswith(key + "_s")]
-            groups[key] = _cached(out / "analysis" / f"{key}.json", False,
+            groups[key] = _cached(out / "analysis" / f"{key}.json",
                                   lambda js=group_jobs: analyse_group([load_evaluation(out / "runs", j) for j in js]))
+    lap("analysis")
 
     generation: dict[str, dict[str, Any]] = {}
-    transfer: dict[str, list[dict[str, Any]]] = {}
-    for p in tqdm(protos, desc="generation + transfer"):
+    for p in tqdm(protos, desc="free generation"):
         for arch in ARCHS:
             ckpts = [results[run_name(p, "parity", arch, s)]["checkpoint"] for s in p.seeds]
-            generation[f"{p.name}_{arch}"] = _cached(out / "generation" / f"{p.name}_{arch}.json", False,
+            generation[f"{p.name}_{arch}"] = _cached(out / "generation" / f"{p.name}_{arch}.json",
                                                       lambda c=ckpts: generation_stage(c, profile, args.device))
+    lap("free generation")
+
+    transfer: dict[str, list[dict[str, Any]]] = {}
+    for p in tqdm(protos, desc="transfer"):
+        for arch in ARCHS:
             transfer[f"{p.name}_{arch}"] = [
-                _cached(out / "transfer" / f"{p.name}_{arch}_s{s}.json", False,
-                        lambda c=ckpts[s], s=s: run_transfer(c, seed=s, device=args.device,
-                                                             **profile.transfer).to_dict())
+                _cached(out / "transfer" / f"{p.name}_{arch}_s{s}.json",
+                        lambda c=results[run_name(p, "parity", arch, s)]["checkpoint"], s=s: run_transfer(
+                            c, seed=s, device=args.device, **profile.transfer).to_dict())
                 for s in p.seeds[: profile.transfer_seeds]
             ]
+    lap("transfer")
 
     sweep = None
     if not args.skip_sweep:
         sweep = run_sweep(out / "sweep", profile.sweep_alphas, profile.sweep_betas, profile.sweep_seeds,
-                          workers=args.workers, train_overrides=overrides["ssm"], n_test=profile.n_test)
+                          workers=workers, train_overrides=profile.train["ssm"], n_test=profile.n_test)
+    lap("sweep")
 
     plots = _plots(out / "plots", protos, jobs)
-    elapsed = time.perf_counter() - started
-    report = build_report(profile, protos, args, groups, generation, transfer, sweep, plots, results, elapsed)
+    lap("plots")
+    report = build_report(profile, protos, args, groups, generation, transfer, sweep, plots, results, timings)
     path = report.write(out / "report.md")
     print(f"report: {path}")
     return 0
@@ -373,13 +393,14 @@ def _plots(folder: Path, protos: Sequence[Protocol], jobs: Sequence[TrainJob]) -
 def build_report(
     profile: Profile, protos: Sequence[Protocol], args: argparse.Namespace, groups: dict[str, dict[str, Any]],
     generation: dict[str, dict[str, Any]], transfer: dict[str, list[dict[str, Any]]], sweep: Any,
-    plots: dict[str, str], results: dict[str, dict[str, Any]], elapsed: float,
+    plots: dict[str, str], results: dict[str, dict[str, Any]], timings: dict[str, float],
 ) -> MarkdownReport:
     """The Markdown report: the side-by-side table first, then details, sweep, figures and the runs."""
     report = MarkdownReport("Architectural proprioception: paper vs. faithful reproduction vs. corrected protocol")
     report.paragraph(
         f"Mode: **{profile.name}**; main runs with alpha = {args.alpha}, beta = {args.beta}; device {args.device}; "
-        f"this invocation took {elapsed / 60:.1f} min (stages found finished on disk were not rerun). Every number "
+        f"this invocation took {sum(timings.values()) / 60:.1f} min (stages found finished on disk were read back, "
+        "not rerun; see 'Timings'). Every number "
         "below except the 'Paper' column was measured by this run; brackets are 95% bootstrap CIs over examples, "
         "n counts examples (pooled over seeds).")
     cells = {p.name: first_table_cells(p, groups, generation, transfer) for p in protos}
@@ -407,6 +428,8 @@ def build_report(
     report.heading("Figures")
     for name, path in plots.items():
         report.image(str(Path(path).relative_to(Path(args.out))), name)
+    report.heading("Timings (this invocation)")
+    report.table(["stage", "seconds"], [[stage, f"{seconds:.1f}"] for stage, seconds in timings.items()])
     report.heading("Runs")
     report.table(["run", "token acc", "answer acc", "mean r", "checkpoint"], [
         [name, f"{r['token_accuracy']:.3f}", f"{r['answer_accuracy']:.3f}", Estimate(r["coupling"]["mean"]).format(),
