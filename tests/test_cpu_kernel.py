@@ -249,3 +249,21 @@ def test_build_failure_is_a_sentence_then_a_runtime_error(monkeypatch):
         monkeypatch.undo()
         cpu._build.cache_clear()
     assert cpu.supports(torch.device("cpu"), torch.float32, 16) is None
+
+
+@pytest.mark.parametrize("with_z", [True, False])
+def test_opcheck_with_cpu_backend(with_z):
+    """The custom ops' schemas, fake kernels and autograd registration hold with the cpu backend behind them."""
+    x = make_inputs(2, 4, 6, 3, 2, torch.float64, with_z=with_z)
+    args = canonical_args(x, True)
+    leaves = tuple(None if t is None else t.detach().requires_grad_(True) for t in args[:11])
+    torch.library.opcheck(torch.ops.pna.selective_scan_fwd, (*leaves, True, "cpu", 4))
+    fwd = torch.ops.pna.selective_scan_fwd(*args, "cpu", 4)
+    cot = cotangents(2, 4, 6, 3)
+    torch.library.opcheck(torch.ops.pna.selective_scan_bwd, (*cot, *args[:11], fwd[4], fwd[5], True, "cpu", 4))
+    step = decode_args(x, 0)
+    torch.library.opcheck(
+        torch.ops.pna.selective_state_update,
+        (x["initial_state"].clone(), step["x"], step["dt"], x["A"], step["B"], step["C"], x["D"], step["z"],
+         x["delta_bias"], x["halt_weight"], x["halt_bias"], True, "cpu"),
+    )
