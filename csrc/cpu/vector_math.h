@@ -17,12 +17,13 @@ inline float bits_to_float(int32_t bits) { return __builtin_bit_cast(float, bits
 inline int32_t float_to_bits(float value) { return __builtin_bit_cast(int32_t, value); }
 
 // exp(x) = 2^k * exp(r) with k = round(x / ln 2) and |r| <= ln(2) / 2; exp(r) by its degree-7 Taylor polynomial
-// (truncation error below 1e-8). Underflows to 0 below -87 (exp(-87) = 1.6e-38, the edge of the normal range)
-// and overflows to +inf above 88.
+// (truncation error below 1e-8). 2^k is applied as two normal factors 2^(k >> 1) * 2^(k - (k >> 1)), so results
+// down to the subnormal range come out right; 0 below -104 (where even subnormals underflow), +inf above
+// log(FLT_MAX) = 88.7228.
 inline float exp_fast(float x) {
   const float round_magic = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer
-  const float low = x < -87.0f ? -87.0f : x;  // a select, not std::fmax, which GCC does not vectorise
-  const float xc = low > 88.0f ? 88.0f : low;
+  const float low = x < -104.0f ? -104.0f : x;  // a select, not std::fmax, which GCC does not vectorise
+  const float xc = low > 88.7228f ? 88.7228f : low;
   const float k = (xc * 1.44269504088896341f + round_magic) - round_magic;
   const float r = (xc - k * 0.693145751953125f) - k * 1.428606765330187045e-06f;
   float p = 1.0f / 5040.0f;
@@ -33,9 +34,9 @@ inline float exp_fast(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const float scale = bits_to_float((static_cast<int32_t>(k) + 127) << 23);
-  const float result = p * scale;
-  return x < -87.0f ? 0.0f : (x > 88.0f ? std::numeric_limits<float>::infinity() : result);
+  const int32_t ki = static_cast<int32_t>(k), k_half = ki >> 1;
+  const float result = p * bits_to_float((k_half + 127) << 23) * bits_to_float((ki - k_half + 127) << 23);
+  return x < -104.0f ? 0.0f : (x > 88.7228f ? std::numeric_limits<float>::infinity() : result);
 }
 
 // log(x) for finite x > 0, subnormals included: x = m * 2^k with m in [sqrt(1/2), sqrt(2)),
