@@ -145,6 +145,20 @@ def test_raw_kernels_write_every_output_element(with_z):
         assert torch.equal(g, w), name
 
 
+def test_raw_state_update_writes_every_output_element():
+    x = make_inputs(3, 21, 1, 4, 1, torch.float32)
+    step = {k: v.contiguous() for k, v in decode_args(x, 0).items()}
+    params = (x["A"], step["B"], step["C"], x["D"], step["z"], x["delta_bias"], x["halt_weight"], x["halt_bias"])
+    want_state = x["initial_state"].clone()
+    want = cpu.state_update(want_state, step["x"], step["dt"], *params, True)
+    state = x["initial_state"].clone()
+    got = [nan_like(t) for t in want]
+    cpu.extension().state_update_out(state, step["x"], step["dt"], *params, True, 2, *got)
+    for name, g, w in zip(("y", "entropy", "halt", "state"), (*got, state), (*want, want_state)):
+        assert torch.isfinite(g).all(), name
+        assert torch.equal(g, w), name
+
+
 def test_raw_kernels_name_bad_arguments():
     x = make_inputs(1, 4, 10, 4, 1, torch.float32)
     args = list(canonical_args(x, True))
