@@ -38,18 +38,6 @@ struct ScanDims {
 // reductions over blocks give bitwise identical results for any number of threads.
 constexpr int64_t kBlockChannels = 16;
 
-// Sum of the kBlockChannels lanes of a block, as a fixed tree (lanes k and k + 8, then k + 4, ...): the same
-// order on every run, and short enough for the compiler to turn into a few vector adds and shuffles.
-template <typename scalar_t>
-inline scalar_t lane_sum(const scalar_t* lanes) {
-  static_assert(kBlockChannels == 16, "lane_sum is written for 16 lanes");
-  scalar_t half[8];
-  for (int k = 0; k < 8; ++k) half[k] = lanes[k] + lanes[k + 8];
-  for (int k = 0; k < 4; ++k) half[k] += half[k + 4];
-  for (int k = 0; k < 2; ++k) half[k] += half[k + 2];
-  return half[0] + half[1];
-}
-
 struct ChannelBlocks {
   int64_t per_group;
   int64_t dim_per_group;
@@ -65,6 +53,18 @@ struct ChannelBlocks {
     return std::min(begin(block) + kBlockChannels, (group(block) + 1) * dim_per_group);
   }
 };
+
+// Sum of the kBlockChannels lanes of a block, as a fixed tree (lanes k and k + 8, then k + 4, ...): the same
+// order on every run, and short enough for the compiler to turn into a few vector adds and shuffles.
+template <typename scalar_t>
+inline scalar_t lane_sum(const scalar_t* lanes) {
+  static_assert(kBlockChannels == 16, "lane_sum is written for 16 lanes");
+  scalar_t half[8];
+  for (int k = 0; k < 8; ++k) half[k] = lanes[k] + lanes[k + 8];
+  for (int k = 0; k < 4; ++k) half[k] += half[k + 4];
+  for (int k = 0; k < 2; ++k) half[k] += half[k + 2];
+  return half[0] + half[1];
+}
 
 // The activations below use exp_v / log1p_v, so loops over them vectorise in float32 (see vector_math.h).
 
