@@ -93,6 +93,16 @@ def test_half_precision_inputs_are_upcast(dtype):
     assert_matches_oracle(x, softplus=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_zero_states_match_oracle(dtype):
+    """All-zero states (S1 = 0, entropy 0) for the first 66 steps, across a chunk boundary, and a state entry that
+    stays exactly zero throughout (0 log 0 = 0 in S2 and in the entropy gradient)."""
+    x = make_inputs(2, 5, 70, 4, 1, dtype, with_init=False)
+    x["u"][..., :66] = 0
+    x["B"][:, :, 0] = 0
+    assert_matches_oracle(x, softplus=True)
+
+
 def canonical_args(x: dict, softplus: bool) -> tuple:
     """The backend-level arguments (validation.ScanArgs order) without the chunk size."""
     a = check_scan_inputs(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], softplus,
