@@ -1,0 +1,70 @@
+"""The thermodynamic loss: L = CE + alpha * E + beta * BCE_halt + gamma * S.
+
+Two modes:
+- "corrected" (default): E is the expected compute of ACT / PonderNet, the masked mean over valid tokens of the
+  survival S_t = prod_{j<=t} (1 - q_j) with q = sigmoid(halt logit). It is differentiable, so alpha really
+  pushes the model to become confident of halting early. S is the masked mean of the state entropy, also
+  differentiable.
+- "faithful": the original work computed its energy and entropy terms under no_grad, so they add a constant to
+  the loss and contribute no gradient at all; training is then CE + beta * BCE whatever alpha and gamma are.
+  This mode keeps that behaviour for reproduction (same E and S values, detached).
+Valid tokens (for E, S and BCE) are halt_mask: non-PAD positions up to and including HALT.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LOSS_MODES = ("corrected", "faithful")
+
+
+def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def expected_compute(halt_logits: Tensor, mask: Tensor) -> Tensor:
+    """Masked mean of the survival prod_{j<=t} (1 - sigmoid(halt_logits_j)), (B, L) -> scalar.
+
+    Computed in log space (log(1 - sigmoid(x)) = logsigmoid(-x)), so long sequences do not underflow."""
+    survival = torch.exp(torch.cumsum(F.logsigmoid(-halt_logits.float()) * mask, dim=1))
+    return _masked_mean(survival, mask)
+
+
+def thermodynamic_loss(
+    logits: Tensor,
+    halt_logits: Tensor,
+    entropy: Tensor,
+    batch: dict[str, Tensor],
+    alpha: float,
+    beta: float,
+    gamma: float = 0.0,
+    mode: str = "corrected",
+) -> tuple[Tensor, dict[str, float]]:
+    """The training loss and its parts.
+
+    Args:
+        logits: (B, L, V) next-token logits; halt_logits: (B, L); entropy: (B, L) state entropy.
+        batch: from pna.tasks.make_loader (targets, halt_labels, halt_mask are used).
+        alpha, beta, gamma: weights of the energy, halt BCE and entropy terms.
+        mode: "corrected" or "faithful" (see the module docstring).
+
+    Returns:
+        (loss, {"ce", "energy", "bce", "entropy", "total"} as floats).
+    """
+    if mode not in LOSS_MODES:
+        raise ValueError(f"mode: expected one of {LOSS_MODES}, got {mode!r}")
+    for name, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
+        if value < 0:
+            raise ValueError(f"{name}: expected a non-negative weight, got {value}")
+    mask = batch["halt_mask"]
+    ce = F.cross_entropy(logits.float().flatten(0, 1), batch["targets"].flatten(), ignore_index=-100)
+    bce_terms = F.binary_cross_entropy_with_logits(halt_logits.float(), batch["halt_labels"].float(), reduction="none")
+    bce = _masked_mean(bce_terms, mask)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and mode == "corrected"):
+        energy = expected_compute(halt_logits, mask)
+        state_entropy = _masked_mean(entropy.float(), mask)
+    total = ce + alpha * energy + beta * bce + gamma * state_entropy
+    parts = {"ce": ce, "energy": energy, "bce": bce, "entropy": state_entropy, "total": total}
+    return total, {k: float(v.detach()) for k, v in parts.items()}
