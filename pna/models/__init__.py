@@ -1,0 +1,42 @@
+"""Models: the selective-SSM LM (default and the original "faithful" variant) and the Transformer baseline."""
+from __future__ import annotations
+
+from torch import nn
+
+from .common import ModelOutput, StepOutput, num_parameters
+from .ssm import SSMLM, SSMConfig
+from .transformer import TransformerConfig, TransformerLM
+
+ARCHS = ("ssm", "transformer")
+VARIANTS = ("default", "faithful")
+# The original architecture: d_model 512, 6 layers, d_state 16, expand 1, no dt.
+FAITHFUL_SSM = {"d_model": 512, "n_layers": 6, "d_state": 16, "expand": 1, "faithful": True}
+
+
+def build_model(arch: str, vocab_size: int, variant: str = "default", **overrides) -> nn.Module:
+    """Build a model; overrides set config fields (e.g. d_model=32, n_layers=2 for a tiny model).
+
+    arch "ssm" -> SSMLM (SSMConfig), "transformer" -> TransformerLM (TransformerConfig); variant "faithful" is
+    the original SSM architecture (the Transformer has one variant).
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"arch: expected one of {ARCHS}, got {arch!r}")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
+    if arch == "transformer":
+        if variant != "default":
+            raise ValueError("variant: the Transformer has only the 'default' variant")
+        config_cls, model_cls, base = TransformerConfig, TransformerLM, {}
+    else:
+        config_cls, model_cls = SSMConfig, SSMLM
+        base = dict(FAITHFUL_SSM) if variant == "faithful" else {}
+    fields = set(config_cls.__dataclass_fields__) - {"vocab_size", "faithful"}
+    unknown = set(overrides) - fields
+    if unknown:
+        raise ValueError(f"overrides: {sorted(unknown)} are not {config_cls.__name__} fields ({sorted(fields)})")
+    base.update(overrides)
+    return model_cls(config_cls(vocab_size=vocab_size, **base))
+
+
+__all__ = ["ARCHS", "VARIANTS", "ModelOutput", "SSMLM", "SSMConfig", "StepOutput", "TransformerConfig",
+           "TransformerLM", "build_model", "num_parameters"]

@@ -1,0 +1,102 @@
+"""The Transformer baseline: a pre-LN GPT with a halt head on the final hidden state.
+
+Its "state entropy" is the energy entropy of the last block's hidden vector x_t (before the final LayerNorm):
+p = x_t^2 / sum x_t^2 over the d_model entries, H = -sum p log p, the same definition the SSM uses over its
+recurrent state.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pna_kernels import state_entropy
+
+from .common import ModelOutput, StepOutput, num_parameters
+
+
+@dataclass
+class TransformerConfig:
+    """Sizes of the GPT baseline (defaults: ~5.05M parameters with the shared vocabulary)."""
+
+    vocab_size: int
+    d_model: int = 320
+    n_layers: int = 4
+    n_heads: int = 8
+    ff_mult: int = 4
+    max_len: int = 128
+    dropout: float = 0.0
+
+
+class Block(nn.Module):
+    """Pre-LN decoder block: x + attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        if cfg.d_model % cfg.n_heads:
+            raise ValueError(f"n_heads: {cfg.n_heads} must divide d_model {cfg.d_model}")
+        self.n_heads = cfg.n_heads
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.d_model, cfg.ff_mult * cfg.d_model), nn.GELU(), nn.Linear(cfg.ff_mult * cfg.d_model, cfg.d_model)
+        )
+        self.dropout = cfg.dropout
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, length, dim = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(batch, length, 3, self.n_heads, dim // self.n_heads).unbind(2)
+        attn = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        x = x + self.proj(attn.transpose(1, 2).reshape(batch, length, dim))
+        return x + self.mlp(self.ln2(x))
+
+
+class TransformerLM(nn.Module):
+    """GPT baseline returning per-token halt logits and hidden-state entropy (every layer and the last)."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos = nn.Embedding(cfg.max_len, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm_f = nn.LayerNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.halt_head = nn.Linear(cfg.d_model, 1)
+
+    def num_parameters(self) -> int:
+        """Number of trainable parameters."""
+        return num_parameters(self)
+
+    def forward(self, input_ids: Tensor) -> ModelOutput:
+        """input_ids (B, L) -> ModelOutput; layer_halt_logits holds the halt head applied after every layer."""
+        length = input_ids.shape[1]
+        if length > self.cfg.max_len:
+            raise ValueError(f"input_ids: length {length} exceeds the model's max_len {self.cfg.max_len}")
+        x = self.embed(input_ids) + self.pos.weight[:length]
+        entropies, halts = [], []
+        for block in self.blocks:
+            x = block(x)
+            entropies.append(state_entropy(x.float()[..., None]))
+            halts.append(self.halt_head(self.norm_f(x)).squeeze(-1).float())
+        logits = self.head(self.norm_f(x))
+        layer_entropy, layer_halt = torch.stack(entropies), torch.stack(halts)
+        return ModelOutput(logits, layer_halt[-1], layer_entropy[-1], layer_entropy, layer_halt)
+
+    def init_cache(self, batch_size: int) -> dict:
+        """Decoding cache: the tokens fed so far (each step re-runs the prefix; sequences are <= max_len)."""
+        return {"tokens": torch.zeros(batch_size, 0, dtype=torch.long, device=self.embed.weight.device)}
+
+    @torch.no_grad()
+    def step(self, token_ids: Tensor, cache: dict) -> StepOutput:
+        """Feed one token per sequence, token_ids (B,); returns the last position's logits, halt logit, entropy."""
+        cache["tokens"] = torch.cat([cache["tokens"], token_ids[:, None]], dim=1)
+        out = self.forward(cache["tokens"])
+        return StepOutput(out.logits[:, -1], out.halt_logits[:, -1], out.entropy[:, -1])
