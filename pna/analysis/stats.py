@@ -67,14 +67,18 @@ def fisher_z(r: np.ndarray) -> np.ndarray:
 def fisher_z_ttest_pvalue(r: np.ndarray) -> float:
     """Two-sided p-value of a one-sample t-test of mean Fisher z of correlations r (n,) against 0; NaN if n < 2.
 
-    When all z are equal and non-zero the t statistic is infinite and scipy reports p = 0.
+    When all z are equal the sample has no spread: p is 0 if that value is non-zero (an infinite t statistic, as
+    scipy reports it) and NaN if it is 0.
     """
     x = _check_values(r, "r")
     if np.abs(x).max(initial=0.0) > 1.0:
         raise ValueError("r: correlations must lie in [-1, 1]")
     if x.size < 2:
         return math.nan
-    return float(sps.ttest_1samp(fisher_z(x), 0.0).pvalue)
+    z = fisher_z(x)
+    if np.ptp(z) == 0:
+        return 0.0 if z[0] != 0 else math.nan
+    return float(sps.ttest_1samp(z, 0.0).pvalue)
 
 
 def wilcoxon_pvalue(values: np.ndarray) -> float:
