@@ -2,6 +2,9 @@
 
 Sign convention (shared by both measures): a NEGATIVE lag means the state entropy LEADS the halt signal, i.e. the
 entropy collapses before the halt confidence q = sigmoid(halt logit) rises; a positive lag means q rises first.
+The threshold lag is therefore first(collapse) - first(q > 0.5), the negative of the difference written as
+first(q > 0.5) - first(collapse). The original paper's abstract calls its tau = -2.0 "the halt signal leads state
+entropy collapse", i.e. the opposite reading of a negative lag; compare its number to ours by meaning, not sign.
 
 Window: positions 0..rp (inclusive), the prompt and reasoning trace up to the "Result:" token, and only examples
 with rp >= min_result_pos; the same window and eligibility as the coupling r, so the two are measured on the same
@@ -137,8 +140,8 @@ class CrossCorrelationResult:
     """Mean over examples of per-example cross-correlations c(tau) of z-scored entropy and halt confidence.
 
     lags: (2 * max_lag + 1,) ints; c: same shape. lag_argmin / lag_argmax: the lag of the most negative / most
-    positive c (first one on ties; None when n = 0); for entropy falling while q rises (negative coupling) lag_argmin is the lead:
-    negative means the state leads. differenced: True if computed on first differences. n: examples averaged;
+    positive c (first one on ties; None when n = 0). For entropy falling while q rises (negative coupling)
+    lag_argmin is the lead: negative means the state leads. differenced: True if computed on first differences. n: examples averaged;
     n_short: left out for rp < min_result_pos or a series of at most max_lag points; n_constant: left out because
     a series is constant (z-score undefined).
     """
