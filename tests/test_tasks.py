@@ -6,12 +6,19 @@ import re
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from pna.tasks import MAX_LEN, TASKS, example_from_text, halt_labels, make_loader, make_split
 from pna.tasks.arithmetic import chain_text
-from pna.tasks.parity import parity_text
+from pna.tasks.parity import parity_text, two_operand_text
+from pna.tasks.partition import PARTITION_MIN_SIZE, split_of
 from pna.tasks.sorting import bubble_sort_trace, sorting_text
 from pna.tokenizer import TOKENIZER
+
+
+def input_of(text: str) -> str:
+    """The input of an example: the text between "Input:" and the first space."""
+    return text.removeprefix("<BOS>Input:").split(" ")[0]
 
 
 def test_tokenizer_round_trip_and_word_tokens():
@@ -20,62 +27,105 @@ def test_tokenizer_round_trip_and_word_tokens():
     assert TOKENIZER.decode(ids) == text
     assert ids[0] == TOKENIZER.bos_id and ids[1] == TOKENIZER.input_id
     assert TOKENIZER.result_id in ids and ids[-3:] == [TOKENIZER.halt_id, TOKENIZER.eos_id, TOKENIZER.pad_id]
-    assert TOKENIZER.pad_id == 0
-    assert len(TOKENIZER.encode("D>B swap")) == 5
+    assert TOKENIZER.pad_id == 0 and len(set(TOKENIZER.vocab)) == TOKENIZER.vocab_size
+    assert len(TOKENIZER.encode("D>B swap")) == 5 and len(TOKENIZER.encode("A=A keep")) == 5
 
 
-def test_tokenizer_rejects_unknown_characters():
-    with pytest.raises(ValueError, match="text: character '#'"):
-        TOKENIZER.encode("Input:1#0")
-    with pytest.raises(ValueError, match="ids: token id"):
-        TOKENIZER.decode([TOKENIZER.vocab_size])
-
-
-def test_parity_format():
-    assert parity_text("1011") == "<BOS>Input:1011 1^0=1 1^1=0 0^1=1 Result:1<HALT><EOS>"
-    assert parity_text("1") == "<BOS>Input:1 Result:1<HALT><EOS>"
-
-
-def test_sorting_format_and_trace():
-    assert sorting_text("CAB") == "<BOS>Input:CAB C>A swap C>B swap A<B keep Result:A B C<HALT><EOS>"
-    assert sorting_text("AAB") == "<BOS>Input:AAB A=A keep A<B keep Result:A A B<HALT><EOS>"
+def test_any_id_sequence_decodes_unambiguously():
     rng = random.Random(0)
     for _ in range(200):
-        letters = "".join(rng.choice("ABCDEF") for _ in range(rng.randint(3, 6)))
-        steps, result = bubble_sort_trace(letters)
-        assert result == "".join(sorted(letters))
-        arr = list(letters)  # replay the trace: it must describe a valid run of bubble sort
-        for step in steps:
-            x, rel, y, action = step[0], step[1], step[2], step[4:]
-            assert rel == (">" if x > y else "=" if x == y else "<")
-            assert action == ("swap" if x > y else "keep")
-        assert len(steps) <= len(letters) * (len(letters) - 1) // 2
+        ids = [rng.randrange(TOKENIZER.vocab_size) for _ in range(rng.randint(1, 40))]
+        assert TOKENIZER.encode(TOKENIZER.decode(ids)) == ids
 
 
-def test_arithmetic_chain_format():
-    assert chain_text(3, [("+", 5), ("-", 2)]) == "<BOS>Input:3+5-2 3+5=8 8-2=6 Result:6<HALT><EOS>"
+def test_tokenizer_rejects_unknown_characters_and_ids():
+    with pytest.raises(ValueError, match="text: character '#'"):
+        TOKENIZER.encode("Input:1#0")
+    with pytest.raises(ValueError, match="text: character 's' at position 4"):
+        TOKENIZER.encode("A<B s")  # "swap" and "keep" are words; their letters alone are not tokens
+    for bad in (TOKENIZER.vocab_size, -100):
+        with pytest.raises(ValueError, match=f"ids: token id {bad} "):
+            TOKENIZER.decode([1, bad])
+
+
+def test_formats():
+    assert parity_text("1011") == "<BOS>Input:1011 1^0=1 1^1=0 0^1=1 Result:1<HALT><EOS>"
+    assert parity_text("1") == "<BOS>Input:1 Result:1<HALT><EOS>"
+    assert two_operand_text("37+45") == "<BOS>Input:37+45 Result:82<HALT><EOS>"
+    assert two_operand_text("12-45") == "<BOS>Input:12-45 Result:-33<HALT><EOS>"
+    assert sorting_text("CAB") == "<BOS>Input:CAB C>A swap C>B swap A<B keep Result:A B C<HALT><EOS>"
+    assert sorting_text("AAB") == "<BOS>Input:AAB A=A keep A<B keep Result:A A B<HALT><EOS>"
+    assert chain_text("3+5-2") == "<BOS>Input:3+5-2 3+5=8 8-2=6 Result:6<HALT><EOS>"
+
+
+def test_split_strings_for_a_fixed_seed():
+    texts = {task: [e.text for e in make_split(task, "train", n=2, seed=0)] for task in TASKS}
+    assert texts["parity"] == [
+        "<BOS>Input:97-5 Result:92<HALT><EOS>",
+        "<BOS>Input:111110 1^1=0 0^1=1 1^1=0 0^1=1 1^0=1 Result:1<HALT><EOS>",
+    ]
+    assert texts["sorting"][1] == "<BOS>Input:CEFE C<E keep E<F keep F>E swap C<E keep E=E keep Result:C E E F<HALT><EOS>"
+    assert texts["arithmetic"] == [
+        "<BOS>Input:6+0-0-4+7-5 6+0=6 6-0=6 6-4=2 2+7=9 9-5=4 Result:4<HALT><EOS>",
+        "<BOS>Input:7-2-4+3-2 7-2=5 5-4=1 1+3=4 4-2=2 Result:2<HALT><EOS>",
+    ]
+
+
+def test_bad_task_inputs():
+    for fn, bad, name in ((parity_text, "102", "bits"), (sorting_text, "AG", "letters"),
+                          (sorting_text, "A", "letters"), (chain_text, "3+15", "expression"),
+                          (two_operand_text, "100+1", "expression")):
+        with pytest.raises(ValueError, match=f"^{name}:"):
+            fn(bad)
 
 
 @pytest.mark.parametrize("task", TASKS)
 def test_traces_recompute(task):
+    """Parse every trace back and recompute it step by step."""
     for ex in make_split(task, "train", n=300, seed=7):
-        body = ex.text.removeprefix("<BOS>Input:").split(" Result:")[0]
-        if ex.meta["kind"] == "parity":
-            bits = body.split(" ")[0]
-            assert ex.answer == str(bits.count("1") % 2)
-            acc = int(bits[0])
-            for step, bit in zip(body.split(" ")[1:], bits[1:]):
+        body = ex.text.removeprefix("<BOS>Input:").removesuffix(f"Result:{ex.answer}<HALT><EOS>").strip()
+        given, *steps = body.split(" ")
+        kind = ex.meta["kind"]
+        if kind == "parity":
+            assert len(given) == ex.meta["n_bits"] and len(steps) == len(given) - 1
+            acc = int(given[0])
+            for step, bit in zip(steps, given[1:]):
                 assert step == f"{acc}^{bit}={acc ^ int(bit)}"
                 acc ^= int(bit)
-        elif ex.meta["kind"] == "arithmetic":
-            assert int(ex.answer) == eval(body)  # "a+b" / "a-b" with a, b in 0-99
-        elif ex.meta["kind"] == "sorting":
-            assert ex.answer == " ".join(sorted(body.split(" ")[0]))
+            assert ex.answer == str(acc) == str(given.count("1") % 2)
+        elif kind == "two_operand":
+            a, op, b = re.fullmatch(r"(\d+)([+-])(\d+)", given).groups()
+            assert not steps and int(ex.answer) == (int(a) + int(b) if op == "+" else int(a) - int(b))
+            assert 0 <= int(a) <= 99 and 0 <= int(b) <= 99
+        elif kind == "sorting":
+            arr, pairs = list(given), iter(zip(steps[0::2], steps[1::2]))
+            for end in range(len(arr) - 1, 0, -1):  # replay bubble sort with early exit against the trace
+                swapped = False
+                for j in range(end):
+                    x, y = arr[j], arr[j + 1]
+                    rel, action = (">", "swap") if x > y else ("=" if x == y else "<", "keep")
+                    assert next(pairs) == (f"{x}{rel}{y}", action)
+                    if action == "swap":
+                        arr[j], arr[j + 1], swapped = y, x, True
+                if not swapped:
+                    break
+            assert next(pairs, None) is None and len(given) == ex.meta["n_letters"]
+            assert ex.answer == " ".join(arr) == " ".join(sorted(given))
         else:
-            expression, *steps = body.split(" ")
-            assert int(ex.answer) == eval(expression) and 0 <= int(ex.answer) <= 9
-            values = [int(v) for v in re.findall(r"=(\d+)", " ".join(steps))]
-            assert len(values) == ex.meta["n_ops"] and all(0 <= v <= 9 for v in values)
+            acc = int(given[0])
+            assert len(steps) == ex.meta["n_ops"] == (len(given) - 1) // 2
+            for step, op, d in zip(steps, given[1::2], given[2::2]):
+                new = acc + int(d) if op == "+" else acc - int(d)
+                assert step == f"{acc}{op}{d}={new}" and 0 <= new <= 9
+                acc = new
+            assert ex.answer == str(acc)
+
+
+def test_bubble_sort_replays_exactly():
+    """The trace is the exact comparison sequence of bubble sort with early exit."""
+    assert len(bubble_sort_trace("FEDCBA")[0]) == 15  # worst case: every pass runs
+    assert len(bubble_sort_trace("ABCDEF")[0]) == 5  # sorted: one pass, no swap
+    assert bubble_sort_trace("BAC") == (["B>A swap", "B<C keep", "A<B keep"], "ABC")
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -83,14 +133,15 @@ def test_result_pos_points_at_result(task):
     for ex in make_split(task, "val", n=100):
         assert ex.ids[ex.result_pos] == TOKENIZER.result_id
         assert ex.ids[0] == TOKENIZER.bos_id and ex.ids[-2:] == [TOKENIZER.halt_id, TOKENIZER.eos_id]
-        assert TOKENIZER.decode(ex.ids) == ex.text
+        assert TOKENIZER.decode(ex.ids) == ex.text and ex.text.endswith(f"Result:{ex.answer}<HALT><EOS>")
 
 
-def test_parity_mix_and_test_split():
+def test_parity_mix_and_ood():
     train = make_split("parity", "train", n=2000)
     share = sum(e.meta["kind"] == "parity" for e in train) / len(train)
     assert 0.66 < share < 0.74
     assert {e.meta["n_bits"] for e in train if e.meta["kind"] == "parity"} == set(range(2, 9))
+    assert {e.meta["op"] for e in train if e.meta["kind"] == "two_operand"} == {"+", "-"}
     assert all(e.meta["kind"] == "parity" for e in make_split("parity", "test", n=300))
     ood = make_split("parity", "test", n=200, min_bits=9, max_bits=10)
     assert {e.meta["n_bits"] for e in ood} == {9, 10}
@@ -103,11 +154,43 @@ def test_default_sizes_and_determinism():
     assert [e.text for e in make_split("sorting", "test", n=50)] != [e.text for e in a[:50]]
 
 
-@pytest.mark.parametrize("task,kwargs", [("parity", {"min_bits": 8}), ("sorting", {"min_letters": 6}),
-                                         ("arithmetic", {"min_ops": 8, "max_ops": 8})])
-def test_longest_examples_fit(task, kwargs):
-    longest = max(len(e.ids) for e in make_split(task, "test", n=300, **kwargs))
-    assert longest <= MAX_LEN[task]
+@pytest.mark.parametrize("task,size", [("sorting", lambda m: 6 ** m["n_letters"]),
+                                       ("arithmetic", lambda m: 10 * 11 ** m["n_ops"])])
+def test_splits_share_no_input_of_a_partitioned_stratum(task, size):
+    splits = {s: make_split(task, s, n=2000 if s == "train" else 500) for s in ("train", "val", "test")}
+    inputs = {}
+    for split, examples in splits.items():
+        big = [e for e in examples if size(e.meta) >= PARTITION_MIN_SIZE]
+        assert len(big) > len(examples) // 2
+        assert all(split_of(task, input_of(e.text)) == split for e in big)
+        inputs[split] = {input_of(e.text) for e in big}
+    assert not inputs["train"] & inputs["val"] and not inputs["train"] & inputs["test"]
+    assert not inputs["val"] & inputs["test"]
+
+
+def test_two_operand_inputs_are_disjoint_between_train_and_val():
+    def two_operand(split):
+        return {input_of(e.text) for e in make_split("parity", split, n=1500) if e.meta["kind"] == "two_operand"}
+
+    train, val = two_operand("train"), two_operand("val")
+    assert len(train) > 300 and len(val) > 300 and not train & val
+
+
+def test_split_assignment_shares():
+    owners = [split_of("sorting", f"{i:06d}") for i in range(20000)]
+    for split, share in (("train", 0.8), ("val", 0.1), ("test", 0.1)):
+        assert abs(owners.count(split) / len(owners) - share) < 0.01
+
+
+def test_longest_examples_fit():
+    assert len(TOKENIZER.encode(parity_text("1" * 8))) == 57 <= MAX_LEN["parity"]
+    assert len(TOKENIZER.encode(parity_text("1" * 9))) == 64
+    assert len(TOKENIZER.encode(parity_text("1" * 10))) == 71  # OOD 10 bits needs a longer padding
+    assert len(TOKENIZER.encode(sorting_text("FEDCBA"))) == 113 <= MAX_LEN["sorting"]
+    assert len(TOKENIZER.encode(chain_text("1+1+1+1+1+1+1+1+1"))) == 72 <= MAX_LEN["arithmetic"]
+    for task in TASKS:
+        for split in ("train", "test"):
+            assert max(len(e.ids) for e in make_split(task, split)) <= MAX_LEN[task]
 
 
 def test_bad_arguments():
@@ -117,36 +200,71 @@ def test_bad_arguments():
         make_split("parity", "dev")
     with pytest.raises(ValueError, match="^task_kwargs:"):
         make_split("parity", "train", max_ops=3)
+    with pytest.raises(ValueError, match="^task_kwargs:"):
+        make_split("parity", "train", min_bits=9, max_bits=8)
+    with pytest.raises(ValueError, match="^task_kwargs:"):
+        make_split("sorting", "train", min_letters=1)
+    with pytest.raises(ValueError, match="^task_kwargs:"):
+        make_split("parity", "train", parity_share=1.5)
+    with pytest.raises(ValueError, match="^n:"):
+        make_split("parity", "train", n=-1)
     with pytest.raises(ValueError, match="^text:"):
-        example_from_text("<BOS>Input:1<EOS>")
+        example_from_text("<BOS>Input:1<HALT><EOS>")
+    with pytest.raises(ValueError, match="^text:"):
+        example_from_text("Input:1 Result:1<HALT><EOS>")
 
 
 def test_halt_labels():
     assert halt_labels(8, 5) == [0, 0, 0, 0.5, 0.5, 1, 1, 1]
-    assert halt_labels(3, 1) == [0.5, 1, 1]
+    with pytest.raises(ValueError, match="^result_pos:"):
+        halt_labels(5, 5)
+
+
+def test_halt_labels_around_result_in_real_examples():
+    examples = make_split("arithmetic", "test", n=20)
+    batch = next(iter(make_loader(examples, batch_size=20, shuffle=False, seed=0, max_len=72)))
+    for labels, rp in zip(batch["halt_labels"], batch["result_pos"]):
+        assert labels[rp - 3 : rp + 1].tolist() == [0.0, 0.5, 0.5, 1.0]
+        assert (labels[: rp - 2] == 0).all()
 
 
 def test_loader_fields():
     examples = make_split("parity", "test", n=5)
     batch = next(iter(make_loader(examples, batch_size=5, shuffle=False, seed=0, max_len=64)))
-    ex, ids = examples[0], batch["input_ids"][0]
-    n = len(ex.ids)
-    assert batch["input_ids"].shape == (5, 64) and ids[:n].tolist() == ex.ids
-    assert (ids[n:] == TOKENIZER.pad_id).all()
-    assert batch["targets"][0, : n - 1].tolist() == ex.ids[1:] and (batch["targets"][0, n - 1 :] == -100).all()
-    halt = ex.ids.index(TOKENIZER.halt_id)
-    assert batch["halt_mask"][0].tolist() == [t <= halt for t in range(64)]
-    assert batch["halt_labels"][0].tolist() == halt_labels(64, ex.result_pos)
-    assert batch["result_pos"][0] == ex.result_pos and batch["lengths"][0] == n
+    for b, ex in enumerate(examples):
+        ids, n = batch["input_ids"][b], len(ex.ids)
+        assert batch["input_ids"].shape == (5, 64) and ids[:n].tolist() == ex.ids
+        assert (ids[n:] == TOKENIZER.pad_id).all()
+        assert batch["targets"][b, : n - 1].tolist() == ex.ids[1:] and (batch["targets"][b, n - 1 :] == -100).all()
+        halt = ex.ids.index(TOKENIZER.halt_id)
+        assert halt == n - 2 and batch["halt_mask"][b].tolist() == [t <= halt for t in range(64)]
+        assert batch["halt_labels"][b, :n].tolist() == halt_labels(n, ex.result_pos)
+        assert (batch["halt_labels"][b, n:] == 0).all()
+        assert batch["result_pos"][b] == ex.result_pos and batch["lengths"][b] == n
+    assert batch["halt_labels"].dtype == torch.float32 and batch["halt_mask"].dtype == torch.bool
 
 
 def test_loader_shuffle_is_seeded_and_too_long_rejected():
     examples = make_split("sorting", "val", n=40)
 
     def order(seed):
-        return torch.cat([b["result_pos"] * 1000 + b["lengths"] for b in
-                          make_loader(examples, 8, shuffle=True, seed=seed, max_len=128)]).tolist()
+        return [TOKENIZER.decode(row[:n]) for b in make_loader(examples, 8, shuffle=True, seed=seed, max_len=128)
+                for row, n in zip(b["input_ids"], b["lengths"])]
 
     assert order(0) == order(0) and order(0) != order(1)
+    assert sorted(order(0)) == sorted(e.text for e in examples)
     with pytest.raises(ValueError, match="^max_len:"):
         make_loader(examples, 8, shuffle=False, seed=0, max_len=10)
+    with pytest.raises(ValueError, match="^batch_size:"):
+        make_loader(examples, 0, shuffle=False, seed=0, max_len=128)
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+def test_distributed_loader_uses_a_distributed_sampler(tmp_path):
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        loader = make_loader(make_split("parity", "val", n=10), 4, shuffle=True, seed=3, max_len=64, distributed=True)
+        assert isinstance(loader.sampler, torch.utils.data.DistributedSampler)
+        assert sum(len(b["lengths"]) for b in loader) == 10
+    finally:
+        dist.destroy_process_group()

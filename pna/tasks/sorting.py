@@ -2,15 +2,20 @@
 
     <BOS>Input:DBC D>B swap D>C swap B<C keep Result:B C D<HALT><EOS>
 
-n letters from A-F drawn with replacement. Each comparison of neighbours is written "X>Y swap", "X<Y keep" or
-"X=Y keep"; passes run left to right over the unsorted prefix, and sorting stops after the first pass without
-a swap (the usual early exit), so already-sorted input costs one pass.
+n letters from A-F drawn uniformly with replacement. Each comparison of neighbours is written "X>Y swap",
+"X<Y keep" or, for equal letters, "X=Y keep"; passes run left to right over the unsorted prefix, and sorting stops
+after the first pass without a swap (the usual early exit), so already-sorted input costs one pass. The longest
+example (6 letters in strictly falling order, 15 comparisons) has 113 tokens, within the 128-token budget.
 """
 from __future__ import annotations
 
 import random
+import re
+
+from .partition import draw_input
 
 LETTERS = "ABCDEF"
+_INPUT = re.compile(f"[{LETTERS}]{{2,}}")
 
 
 def bubble_sort_trace(letters: str) -> tuple[list[str], str]:
@@ -33,13 +38,16 @@ def bubble_sort_trace(letters: str) -> tuple[list[str], str]:
 
 
 def sorting_text(letters: str) -> str:
-    """Sorting example for a letter string."""
+    """Sorting example for a string of at least two letters A-F."""
+    if not _INPUT.fullmatch(letters):
+        raise ValueError(f"letters: expected at least two letters from {LETTERS}, got {letters!r}")
     steps, result = bubble_sort_trace(letters)
     return f"<BOS>Input:{letters} {' '.join(steps)} Result:{' '.join(result)}<HALT><EOS>"
 
 
-def sample_sorting(rng: random.Random, min_letters: int, max_letters: int) -> tuple[str, dict]:
-    """A random sorting example with min_letters..max_letters letters."""
+def sample_sorting(rng: random.Random, split: str, min_letters: int, max_letters: int) -> tuple[str, dict]:
+    """A sorting example with a uniform letter count in min_letters..max_letters, uniform letters of `split`'s
+    share."""
     n = rng.randint(min_letters, max_letters)
-    letters = "".join(rng.choice(LETTERS) for _ in range(n))
+    letters = draw_input("sorting", split, len(LETTERS) ** n, lambda: "".join(rng.choice(LETTERS) for _ in range(n)))
     return sorting_text(letters), {"kind": "sorting", "n_letters": n}
