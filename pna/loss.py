@@ -21,7 +21,7 @@ LOSS_MODES = ("corrected", "faithful")
 
 def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     mask = mask.to(x.dtype)
-    return (x * mask).sum() / mask.sum().clamp_min(1.0)
+    return (x * mask).sum() / mask.sum()
 
 
 def expected_compute(halt_logits: Tensor, mask: Tensor) -> Tensor:
@@ -30,6 +30,22 @@ def expected_compute(halt_logits: Tensor, mask: Tensor) -> Tensor:
     Computed in log space (log(1 - sigmoid(x)) = logsigmoid(-x)), so long sequences do not underflow."""
     survival = torch.exp(torch.cumsum(F.logsigmoid(-halt_logits.float()) * mask, dim=1))
     return _masked_mean(survival, mask)
+
+
+def _check_shapes(logits: Tensor, halt_logits: Tensor, entropy: Tensor, batch: dict[str, Tensor]) -> None:
+    if logits.dim() != 3:
+        raise ValueError(f"logits: expected (B, L, V), got shape {tuple(logits.shape)}")
+    bl = tuple(logits.shape[:2])
+    named = {"halt_logits": halt_logits, "entropy": entropy}
+    for key in ("targets", "halt_labels", "halt_mask"):
+        if key not in batch:
+            raise ValueError(f"batch: missing {key!r}")
+        named[f"batch[{key!r}]"] = batch[key]
+    for name, tensor in named.items():
+        if tuple(tensor.shape) != bl:
+            raise ValueError(f"{name}: expected shape {bl} (the B, L of logits), got {tuple(tensor.shape)}")
+    if batch["halt_mask"].dtype != torch.bool or not batch["halt_mask"].any():
+        raise ValueError("batch['halt_mask']: expected a bool mask with at least one valid position")
 
 
 def thermodynamic_loss(
@@ -56,8 +72,9 @@ def thermodynamic_loss(
     if mode not in LOSS_MODES:
         raise ValueError(f"mode: expected one of {LOSS_MODES}, got {mode!r}")
     for name, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
-        if value < 0:
+        if not value >= 0:
             raise ValueError(f"{name}: expected a non-negative weight, got {value}")
+    _check_shapes(logits, halt_logits, entropy, batch)
     mask = batch["halt_mask"]
     ce = F.cross_entropy(logits.float().flatten(0, 1), batch["targets"].flatten(), ignore_index=-100)
     bce_terms = F.binary_cross_entropy_with_logits(halt_logits.float(), batch["halt_labels"].float(), reduction="none")

@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from pna.loss import expected_compute, thermodynamic_loss
 
@@ -28,7 +27,11 @@ def test_parts_match_hand_computation():
     logits, halt, entropy, batch = tiny_batch()
     loss, parts = thermodynamic_loss(logits, halt, entropy, batch, alpha=0.3, beta=0.7, gamma=0.2)
     mask = batch["halt_mask"]
-    ce = F.cross_entropy(logits.reshape(-1, 4), batch["targets"].reshape(-1), ignore_index=-100)
+    ce_terms = [
+        math.log(sum(math.exp(v) for v in logits.detach()[b, t].tolist())) - float(logits.detach()[b, t, y])
+        for b in range(2) for t in range(5) if (y := int(batch["targets"][b, t])) != -100
+    ]
+    ce = sum(ce_terms) / len(ce_terms)
     bce_terms = []
     survival_terms = []
     for b in range(2):
@@ -42,12 +45,14 @@ def test_parts_match_hand_computation():
             surv *= 1 - q
             survival_terms.append(surv)
     ent = float(entropy.detach()[mask].mean())
-    assert parts["ce"] == pytest.approx(float(ce), rel=1e-6)
+    assert parts["ce"] == pytest.approx(ce, rel=1e-6)
     assert parts["bce"] == pytest.approx(sum(bce_terms) / len(bce_terms), rel=1e-6)
     assert parts["energy"] == pytest.approx(sum(survival_terms) / len(survival_terms), rel=1e-6)
     assert parts["entropy"] == pytest.approx(ent, rel=1e-6)
-    want = float(ce) + 0.3 * parts["energy"] + 0.7 * parts["bce"] + 0.2 * ent
-    assert parts["total"] == pytest.approx(want, rel=1e-6) and float(loss) == pytest.approx(want, rel=1e-6)
+    want = ce + 0.3 * parts["energy"] + 0.7 * parts["bce"] + 0.2 * ent
+    assert parts["total"] == pytest.approx(want, rel=1e-6) and float(loss.detach()) == pytest.approx(want, rel=1e-6)
+    _, faithful = thermodynamic_loss(logits, halt, entropy, batch, alpha=0.3, beta=0.7, gamma=0.2, mode="faithful")
+    assert faithful == pytest.approx(parts, rel=1e-6)  # same values; only the gradient differs
 
 
 def _halt_grad(alpha, gamma, mode):
@@ -97,3 +102,15 @@ def test_bad_arguments():
         thermodynamic_loss(logits, halt, entropy, batch, 0.1, 0.1, mode="exact")
     with pytest.raises(ValueError, match="^beta:"):
         thermodynamic_loss(logits, halt, entropy, batch, 0.1, -1.0)
+    with pytest.raises(ValueError, match="^gamma:"):
+        thermodynamic_loss(logits, halt, entropy, batch, 0.1, 0.1, gamma=float("nan"))
+    with pytest.raises(ValueError, match="^logits:"):
+        thermodynamic_loss(logits[0], halt, entropy, batch, 0.1, 0.1)
+    with pytest.raises(ValueError, match="^entropy:"):
+        thermodynamic_loss(logits, halt, entropy[:, :3], batch, 0.1, 0.1)
+    with pytest.raises(ValueError, match=r"^batch\['halt_labels'\]:"):
+        thermodynamic_loss(logits, halt, entropy, {**batch, "halt_labels": batch["halt_labels"][:1]}, 0.1, 0.1)
+    with pytest.raises(ValueError, match="^batch: missing 'targets'"):
+        thermodynamic_loss(logits, halt, entropy, {k: v for k, v in batch.items() if k != "targets"}, 0.1, 0.1)
+    with pytest.raises(ValueError, match=r"^batch\['halt_mask'\]:"):
+        thermodynamic_loss(logits, halt, entropy, {**batch, "halt_mask": torch.zeros(2, 5, dtype=torch.bool)}, 0.1, 0.1)
