@@ -83,5 +83,6 @@ def thermodynamic_loss(
         energy = expected_compute(halt_logits, mask)
         state_entropy = _masked_mean(entropy.float(), mask)
     total = ce + alpha * energy + beta * bce + gamma * state_entropy
-    parts = {"ce": ce, "energy": energy, "bce": bce, "entropy": state_entropy, "total": total}
-    return total, {k: float(v.detach()) for k, v in parts.items()}
+    names = ("ce", "energy", "bce", "entropy", "total")
+    values = torch.stack([ce, energy, bce, state_entropy, total]).detach().tolist()  # one device sync
+    return total, dict(zip(names, values))
