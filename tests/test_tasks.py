@@ -212,6 +212,8 @@ def test_bad_arguments():
         example_from_text("<BOS>Input:1<HALT><EOS>")
     with pytest.raises(ValueError, match="^text:"):
         example_from_text("Input:1 Result:1<HALT><EOS>")
+    with pytest.raises(ValueError, match="^text:"):
+        example_from_text("<BOS>Input:1<PAD> Result:1<HALT><EOS>")
 
 
 def test_halt_labels():
@@ -255,6 +257,8 @@ def test_loader_shuffle_is_seeded_and_too_long_rejected():
     assert sorted(order(0)) == sorted(e.text for e in examples)
     with pytest.raises(ValueError, match="^max_len:"):
         make_loader(examples, 8, shuffle=False, seed=0, max_len=10)
+    with pytest.raises(ValueError, match="^examples:"):
+        make_loader([], 8, shuffle=False, seed=0, max_len=128)
     with pytest.raises(ValueError, match="^batch_size:"):
         make_loader(examples, 0, shuffle=False, seed=0, max_len=128)
 

@@ -17,25 +17,25 @@ class TaskDataset(Dataset):
     """Examples padded to max_len; item i is a dict of (max_len,) tensors and two scalars (see make_loader)."""
 
     def __init__(self, examples: list[Example], max_len: int) -> None:
+        if not examples:
+            raise ValueError("examples: expected at least one example")
         too_long = [len(e.ids) for e in examples if len(e.ids) > max_len]
         if too_long:
             raise ValueError(f"max_len: {len(too_long)} examples are longer than {max_len} tokens "
                              f"(longest {max(too_long)})")
         self.examples = examples
         self.max_len = max_len
-        n = len(examples)
-        self.input_ids = torch.full((n, max_len), TOKENIZER.pad_id, dtype=torch.long)
-        self.targets = torch.full((n, max_len), -100, dtype=torch.long)
-        self.halt_labels = torch.zeros(n, max_len)
-        self.halt_mask = torch.zeros(n, max_len, dtype=torch.bool)
-        self.result_pos = torch.tensor([e.result_pos for e in examples], dtype=torch.long)
-        self.lengths = torch.tensor([len(e.ids) for e in examples], dtype=torch.long)
-        for i, ex in enumerate(examples):
-            length = len(ex.ids)
-            self.input_ids[i, :length] = torch.tensor(ex.ids)
-            self.targets[i, : length - 1] = self.input_ids[i, 1:length]
-            self.halt_labels[i, :length] = torch.tensor(halt_labels(length, ex.result_pos))
-            self.halt_mask[i, : ex.ids.index(TOKENIZER.halt_id) + 1] = True
+        lengths = [len(e.ids) for e in examples]
+        pad = TOKENIZER.pad_id
+        self.input_ids = torch.tensor([e.ids + [pad] * (max_len - n) for e, n in zip(examples, lengths)])
+        self.targets = torch.full_like(self.input_ids, -100)
+        self.targets[:, :-1] = self.input_ids[:, 1:].masked_fill(self.input_ids[:, 1:] == pad, -100)
+        self.halt_labels = torch.tensor([halt_labels(n, e.result_pos) + [0.0] * (max_len - n)
+                                         for e, n in zip(examples, lengths)])
+        self.lengths = torch.tensor(lengths)
+        self.result_pos = torch.tensor([e.result_pos for e in examples])
+        halt_pos = torch.tensor([e.ids.index(TOKENIZER.halt_id) for e in examples])
+        self.halt_mask = torch.arange(max_len) <= halt_pos[:, None]
 
     def __len__(self) -> int:
         return len(self.examples)

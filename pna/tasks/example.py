@@ -23,8 +23,8 @@ def example_from_text(text: str, meta: dict | None = None) -> Example:
     ids = TOKENIZER.encode(text)
     if ids[:1] != [TOKENIZER.bos_id] or ids[-2:] != [TOKENIZER.halt_id, TOKENIZER.eos_id]:
         raise ValueError(f"text: expected '<BOS>...<HALT><EOS>', got {text!r}")
-    if ids.count(TOKENIZER.result_id) != 1 or ids.count(TOKENIZER.halt_id) != 1:
-        raise ValueError(f"text: expected exactly one 'Result:' and one '<HALT>', got {text!r}")
+    if ids.count(TOKENIZER.result_id) != 1 or ids.count(TOKENIZER.halt_id) != 1 or TOKENIZER.pad_id in ids:
+        raise ValueError(f"text: expected exactly one 'Result:', one '<HALT>' and no '<PAD>', got {text!r}")
     answer = text.split("Result:", 1)[1].removesuffix("<HALT><EOS>")
     return Example(text=text, ids=ids, result_pos=ids.index(TOKENIZER.result_id), answer=answer, meta=dict(meta or {}))
 
