@@ -64,7 +64,9 @@ def test_split_strings_for_a_fixed_seed():
         "<BOS>Input:97-5 Result:92<HALT><EOS>",
         "<BOS>Input:111110 1^1=0 0^1=1 1^1=0 0^1=1 1^0=1 Result:1<HALT><EOS>",
     ]
-    assert texts["sorting"][1] == "<BOS>Input:CEFE C<E keep E<F keep F>E swap C<E keep E=E keep Result:C E E F<HALT><EOS>"
+    assert texts["sorting"][1] == (
+        "<BOS>Input:CEFE C<E keep E<F keep F>E swap C<E keep E=E keep Result:C E E F<HALT><EOS>"
+    )
     assert texts["arithmetic"] == [
         "<BOS>Input:6+0-0-4+7-5 6+0=6 6-0=6 6-4=2 2+7=9 9-5=4 Result:4<HALT><EOS>",
         "<BOS>Input:7-2-4+3-2 7-2=5 5-4=1 1+3=4 4-2=2 Result:2<HALT><EOS>",
