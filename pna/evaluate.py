@@ -25,6 +25,7 @@ class Evaluation:
     entropy (N, L) float: the model's (last layer's) state entropy per position, natural log.
     halt_logits (N, L) float: halt logit per position (halt confidence q = sigmoid of it, see ``q``).
     halt_labels (N, L) float: the training halt labels (0 / 0.5 / 1) as the dataset builds them.
+    halt_mask (N, L) bool: non-PAD positions up to and including HALT (the positions before EOS).
     lengths (N,) int: non-PAD tokens per example; result_pos (N,) int: index of "Result:" (rp);
     eos_pos (N,) int: index of the EOS token; halt_pos (N,) int: index of the HALT token.
     token_correct (N,) int and token_count (N,) int: teacher-forced next-token hits and scored targets;
@@ -34,6 +35,7 @@ class Evaluation:
     entropy: np.ndarray
     halt_logits: np.ndarray
     halt_labels: np.ndarray
+    halt_mask: np.ndarray
     lengths: np.ndarray
     result_pos: np.ndarray
     eos_pos: np.ndarray
@@ -118,6 +120,7 @@ def evaluate(
         parts["entropy"].append(out.entropy.float().cpu().numpy())
         parts["halt_logits"].append(out.halt_logits.float().cpu().numpy())
         parts["halt_labels"].append(batch["halt_labels"].float().numpy())
+        parts["halt_mask"].append(batch["halt_mask"].numpy())
         parts["lengths"].append(batch["lengths"].numpy())
         parts["result_pos"].append(batch["result_pos"].numpy())
         parts["eos_pos"].append(_first_index(ids, TOKENIZER.eos_id).cpu().numpy())

@@ -24,11 +24,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pna.analysis.coupling import coupling_summary
-from pna.analysis.plots import plot_sweep_heatmap
+from pna.analysis import coupling, plot_sweep_heatmap
 from pna.evaluate import Evaluation, evaluate
 from pna.tasks import MAX_LEN, make_split
-from pna.train import TrainConfig, load_checkpoint, train
+from pna.train import TrainConfig, load_checkpoint, resolve_device, train
 
 ALPHAS = (0.0, 0.01, 0.05, 0.1, 0.2, 0.5)
 BETAS = (0.0, 0.05, 0.1, 0.2, 0.4)
@@ -85,20 +84,20 @@ def run_job(job: TrainJob, root: str | Path) -> dict[str, Any]:
                       alpha=job.alpha, beta=job.beta, seed=job.seed, out_dir=str(out / "train"),
                       **job.train_overrides)
     trained = train(cfg)
-    model, _ = load_checkpoint(trained.best_checkpoint)
+    device = resolve_device(cfg.device)
+    model, _ = load_checkpoint(trained.best_checkpoint, device)
     examples = make_split(job.task, "test", n=job.n_test)
     evaluation = evaluate(model, examples, max_len=MAX_LEN[job.task], batch_size=job.eval_batch_size,
-                          device=cfg.device)
+                          device=device)
     evaluation.save(out / EVAL_FILE)
-    coupling = coupling_summary(evaluation.entropy, evaluation.halt_logits, evaluation.result_pos,
-                                evaluation.lengths)
+    summary = coupling(evaluation.entropy, evaluation.halt_logits, evaluation.result_pos, evaluation.lengths)
     result = {
         "job": asdict(job),
         "checkpoint": str(trained.best_checkpoint),
         "best_val": trained.best_val,
         "token_accuracy": evaluation.token_accuracy,
         "answer_accuracy": evaluation.answer_accuracy,
-        "coupling": coupling.to_dict(),
+        "coupling": summary.to_dict(),
     }
     _write_json(result_path, result)
     return result
@@ -222,8 +221,7 @@ def run_sweep(
     for i, a in enumerate(alphas):
         for j, b in enumerate(betas):
             cell = [by_name[f"{cell_name(a, b)}_s{s}"] for s in seeds]
-            rs = [c["coupling"]["mean"] for c in cell if c["coupling"]["mean"] is not None
-                  and not math.isnan(c["coupling"]["mean"])]
+            rs = [c["coupling"]["mean"] for c in cell if c["coupling"]["mean"] is not None]
             accs = [c["answer_accuracy"] for c in cell]
             mean_r[i, j] = float(np.mean(rs)) if rs else np.nan
             accuracy[i, j] = float(np.mean(accs))
@@ -233,10 +231,10 @@ def run_sweep(
                 "per_seed_answer_accuracy": accs,
             })
     heatmaps = [
-        str(plot_sweep_heatmap(mean_r, list(alphas), list(betas), root / "sweep_mean_r.png",
-                               title="mean coupling r", value_label="mean r")),
-        str(plot_sweep_heatmap(accuracy, list(alphas), list(betas), root / "sweep_accuracy.png",
-                               title="teacher-forced answer accuracy", value_label="accuracy")),
+        str(plot_sweep_heatmap(mean_r, np.array(alphas), np.array(betas), root / "sweep_mean_r.png",
+                               label="mean r", fmt=".2f", title=f"mean coupling r ({len(seeds)} seed(s) per cell)")),
+        str(plot_sweep_heatmap(accuracy, np.array(alphas), np.array(betas), root / "sweep_accuracy.png",
+                               label="answer accuracy", fmt=".2f", title="teacher-forced answer accuracy")),
     ]
     result = SweepResult(list(alphas), list(betas), list(seeds), mean_r, accuracy, heatmaps)
     _write_json(root / "sweep.json", result.to_dict())

@@ -18,7 +18,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from pna.analysis.halting import halting_metrics
+from pna.analysis import binary_f1, halt_confidence, halting_metrics
+from pna.analysis.series import HALT_THRESHOLD
 from pna.evaluate import Evaluation, evaluate
 from pna.loss import thermodynamic_loss
 from pna.tasks import MAX_LEN, Example, make_loader, make_split
@@ -59,10 +60,36 @@ def freeze_halt_head(model: torch.nn.Module) -> list[str]:
     return frozen
 
 
+def f1_bootstrap_ci(
+    evaluation: Evaluation, with_pad: bool, n_boot: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the pooled halt F1, resampling whole examples (positions of one example stay
+    together); positions under halt_mask, or every position with with_pad (the original's counting)."""
+    if n_boot < 1 or not 0.0 < confidence < 1.0:
+        raise ValueError(f"n_boot, confidence: need n_boot >= 1 and 0 < confidence < 1, got {n_boot}, {confidence}")
+    predicted = halt_confidence(evaluation.halt_logits) > HALT_THRESHOLD
+    positive = evaluation.halt_labels == 1.0
+    scored = np.ones_like(evaluation.halt_mask) if with_pad else evaluation.halt_mask
+    rng = np.random.default_rng(seed)
+    f1s = []
+    for _ in range(n_boot):
+        rows = rng.integers(0, evaluation.n, evaluation.n)
+        f1s.append(binary_f1(predicted[rows][scored[rows]], positive[rows][scored[rows]]).f1)
+    f1s = np.array([f for f in f1s if not math.isnan(f)])
+    if f1s.size == 0:
+        return math.nan, math.nan
+    tail = 100 * (1 - confidence) / 2
+    return float(np.percentile(f1s, tail)), float(np.percentile(f1s, 100 - tail))
+
+
 def score_halting(evaluation: Evaluation) -> dict[str, Any]:
-    """Halting metrics of an evaluation's arrays (see pna.analysis.halting.halting_metrics)."""
-    return halting_metrics(evaluation.halt_logits, evaluation.halt_labels, evaluation.result_pos,
-                           evaluation.lengths).to_dict()
+    """Halting metrics of an evaluation (pna.analysis.halting_metrics: "f1" before EOS, "f1_with_pad", AUROC,
+    stop error) plus bootstrap CIs "f1_ci" and "f1_with_pad_ci" over examples."""
+    metrics = halting_metrics(evaluation.halt_logits, evaluation.halt_labels, evaluation.halt_mask,
+                              evaluation.result_pos).to_dict()
+    metrics["f1_ci"] = list(f1_bootstrap_ci(evaluation, with_pad=False))
+    metrics["f1_with_pad_ci"] = list(f1_bootstrap_ci(evaluation, with_pad=True))
+    return metrics
 
 
 def _mean_ce(model: torch.nn.Module, loader: Any, device: torch.device | str) -> float:

@@ -1,0 +1,153 @@
+"""Teacher-forced evaluation arrays on a tiny untrained model, and greedy generation's stopping and counting."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from pna.evaluate import Evaluation, evaluate
+from pna.generate import free_generation, greedy_generate, prompt_ids, summarize_generations
+from pna.models import build_model
+from pna.tasks import make_split
+from pna.tokenizer import TOKENIZER
+
+MAX_LEN = 64
+
+
+class ScriptedModel(torch.nn.Module):
+    """Decode-step stub: once row b has read its prompt it emits the tokens of `script` one per step (then "0"s);
+    its halt logit is -10, or +10 at positions >= `confident_at` when that is set."""
+
+    def __init__(self, script: str, prompts: list[list[int]], confident_at: int | None = None) -> None:
+        super().__init__()
+        self.script = TOKENIZER.encode(script)
+        self.prompt_lens = [len(p) for p in prompts]
+        self.confident_at = confident_at
+
+    def init_cache(self, batch_size: int) -> list[int]:
+        return [0] * batch_size  # tokens fed so far per row
+
+    def step(self, token_ids: torch.Tensor, cache: list[int]) -> SimpleNamespace:
+        logits = torch.full((token_ids.shape[0], TOKENIZER.vocab_size), -1.0)
+        halt = torch.full((token_ids.shape[0],), -10.0)
+        for b in range(token_ids.shape[0]):
+            t = cache[b]  # position of the token fed now
+            cache[b] += 1
+            emitted = t - self.prompt_lens[b] + 1  # index in script of the token this step emits
+            token = self.script[emitted] if 0 <= emitted < len(self.script) else TOKENIZER.encode("0")[0]
+            logits[b, token] = 1.0
+            if self.confident_at is not None and t >= self.confident_at:
+                halt[b] = 10.0
+        return SimpleNamespace(logits=logits, halt_logits=halt, entropy=torch.zeros(token_ids.shape[0]))
+
+
+def test_evaluate_untrained_tiny_model_shapes_and_result_pos() -> None:
+    torch.manual_seed(0)
+    examples = make_split("parity", "test", n=6)
+    model = build_model("ssm", TOKENIZER.vocab_size, d_model=16, n_layers=1, d_state=4)
+    ev = evaluate(model, examples, max_len=MAX_LEN, batch_size=4)
+    assert ev.n == 6
+    for name in ("entropy", "halt_logits", "halt_labels"):
+        assert getattr(ev, name).shape == (6, MAX_LEN), name
+        assert np.isfinite(getattr(ev, name)).all(), name
+    assert ev.q.shape == (6, MAX_LEN) and ((ev.q > 0) & (ev.q < 1)).all()
+    np.testing.assert_array_equal(ev.result_pos, [ex.result_pos for ex in examples])
+    np.testing.assert_array_equal(ev.lengths, [len(ex.ids) for ex in examples])
+    np.testing.assert_array_equal(ev.eos_pos, [ex.ids.index(TOKENIZER.eos_id) for ex in examples])
+    np.testing.assert_array_equal(ev.halt_pos, [ex.ids.index(TOKENIZER.halt_id) for ex in examples])
+    assert (ev.token_count == ev.lengths - 1).all()
+    assert 0.0 <= ev.token_accuracy <= 1.0 and ev.answer_correct.dtype == bool
+
+
+def test_evaluation_save_load_roundtrip(tmp_path) -> None:
+    examples = make_split("parity", "test", n=3)
+    model = build_model("ssm", TOKENIZER.vocab_size, d_model=16, n_layers=1, d_state=4)
+    ev = evaluate(model, examples, max_len=MAX_LEN)
+    back = Evaluation.load(ev.save(tmp_path / "ev.npz"))
+    for name in Evaluation.__dataclass_fields__:
+        np.testing.assert_array_equal(getattr(back, name), getattr(ev, name))
+
+
+class PerfectModel(torch.nn.Module):
+    """Teacher-forced stub that predicts every next token of the given examples exactly (so accuracy is 1)."""
+
+    def __init__(self, examples, wrong_answer: bool = False) -> None:
+        super().__init__()
+        self.by_prefix = {}
+        for ex in examples:
+            ids = list(ex.ids)
+            if wrong_answer:
+                ids[ex.result_pos + 1] = TOKENIZER.encode("7")[0]
+            self.by_prefix[tuple(ex.ids[:3])] = ids
+
+    def forward(self, input_ids: torch.Tensor) -> SimpleNamespace:
+        b, length = input_ids.shape
+        logits = torch.zeros(b, length, TOKENIZER.vocab_size)
+        for i in range(b):
+            ids = self.by_prefix[tuple(input_ids[i, :3].tolist())]
+            for p in range(len(ids) - 1):
+                logits[i, p, ids[p + 1]] = 1.0
+        return SimpleNamespace(logits=logits, halt_logits=torch.zeros(b, length), entropy=torch.ones(b, length))
+
+
+def test_teacher_forced_accuracy_counts_answers() -> None:
+    examples = [ex for ex in make_split("parity", "test", n=40)][:8]
+    examples = list({tuple(ex.ids[:3]): ex for ex in examples}.values())
+    right = evaluate(PerfectModel(examples), examples, max_len=MAX_LEN)
+    assert right.token_accuracy == 1.0 and right.answer_correct.all()
+    wrong = evaluate(PerfectModel(examples, wrong_answer=True), examples, max_len=MAX_LEN)
+    assert not wrong.answer_correct.any() and wrong.token_accuracy < 1.0
+
+
+def test_prompt_is_bos_input_bits_space() -> None:
+    ex = make_split("parity", "test", n=1)[0]
+    bits = ex.text.split("Input:")[1].split(" ")[0]
+    assert prompt_ids(ex) == TOKENIZER.encode(f"<BOS>Input:{bits} ")
+
+
+def test_generation_stops_on_halt_token_and_counts_tokens_saved() -> None:
+    prompt = TOKENIZER.encode("<BOS>Input:101 ")
+    model = ScriptedModel("1^0=1 1^1=0 Result:0<HALT>0000", [prompt])
+    gen = greedy_generate(model, [prompt], max_len=40, halt_threshold=0.95)[0]
+    expected = prompt + TOKENIZER.encode("1^0=1 1^1=0 Result:0<HALT>")
+    assert gen.ids == expected and gen.stop_reason == "halt" and gen.answer == "0"
+    example = SimpleNamespace(answer="0")
+    summary = summarize_generations([gen], [example], max_len=40, halt_threshold=0.95)
+    assert summary.answer_accuracy == 1.0 and summary.halt_accuracy == 1.0
+    assert summary.tokens_saved == 40 - len(expected)
+    assert summary.tokens_saved_fraction == pytest.approx((40 - len(expected)) / (40 - len(prompt)))
+    assert summary.stop_reasons == {"halt": 1, "eos": 0, "confidence": 0, "max_len": 0}
+
+
+def test_generation_stops_on_confidence_and_on_max_len() -> None:
+    prompt = TOKENIZER.encode("<BOS>Input:1 ")
+    script = "1=1 Result:1<HALT>"
+    # q exceeds the threshold at the token fed at position 5: the token chosen there is kept, then it stops
+    confident = greedy_generate(ScriptedModel(script, [prompt], confident_at=5), [prompt], max_len=30)[0]
+    assert confident.stop_reason == "confidence" and len(confident.ids) == 7
+    capped = greedy_generate(ScriptedModel("1111111111", [prompt]), [prompt], max_len=8)[0]
+    assert capped.stop_reason == "max_len" and len(capped.ids) == 8 and capped.answer is None
+    summary = summarize_generations([capped], [SimpleNamespace(answer="1")], max_len=8, halt_threshold=0.95)
+    assert summary.halt_accuracy == 0.0 and summary.answer_accuracy == 0.0 and summary.tokens_saved == 0
+
+
+def test_generation_batches_prompts_of_different_lengths() -> None:
+    prompts = [TOKENIZER.encode("<BOS>Input:1 "), TOKENIZER.encode("<BOS>Input:1011 ")]
+    model = ScriptedModel("Result:1<HALT>", prompts)
+    gens = greedy_generate(model, prompts, max_len=30)
+    for prompt, gen in zip(prompts, gens):
+        assert gen.ids == prompt + TOKENIZER.encode("Result:1<HALT>") and gen.answer == "1"
+
+
+def test_free_generation_on_untrained_model_runs_and_bad_input_raises() -> None:
+    examples = make_split("parity", "test", n=3)
+    model = build_model("ssm", TOKENIZER.vocab_size, d_model=16, n_layers=1, d_state=4)
+    summary, gens = free_generation(model, examples, max_len=MAX_LEN, batch_size=2)
+    assert summary.n == 3 and len(gens) == 3 and sum(summary.stop_reasons.values()) == 3
+    assert all(len(g.ids) <= MAX_LEN for g in gens)
+    with pytest.raises(ValueError, match="max_len"):
+        greedy_generate(model, [prompt_ids(examples[0])], max_len=1)
+    with pytest.raises(ValueError, match="halt_threshold"):
+        greedy_generate(model, [prompt_ids(examples[0])], max_len=MAX_LEN, halt_threshold=1.5)
