@@ -1,0 +1,55 @@
+"""`pna train`: train one model, e.g. `pna train --task parity --arch ssm --alpha 0.05 --beta 0.1 --seed 0
+--out runs/x`. A --config file (JSON or TOML with TrainConfig fields) sets defaults; flags given override it."""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, fields
+
+from pna.loss import LOSS_MODES
+from pna.models import ARCHS, VARIANTS
+from pna.tasks import TASKS
+from pna.train import TrainConfig, train
+
+# flag -> TrainConfig field, for the flags whose names differ from the field.
+RENAMED = {"out": "out_dir", "epochs": "max_epochs"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `pna train`; unset flags fall back to the config file, then to TrainConfig's defaults."""
+    add = parser.add_argument
+    add("--config", help="JSON or TOML file of TrainConfig fields (flags override it)")
+    add("--task", choices=TASKS)
+    add("--arch", choices=ARCHS)
+    add("--variant", choices=VARIANTS, help="'faithful': the original SSM architecture")
+    add("--loss-mode", dest="loss_mode", choices=LOSS_MODES,
+        help="'faithful': energy and entropy terms without gradient, as in the original")
+    for name in ("alpha", "beta", "gamma", "lr", "weight_decay", "grad_clip"):
+        add(f"--{name.replace('_', '-')}", dest=name, type=float)
+    for name in ("seed", "batch_size", "warmup_steps", "patience", "n_train", "n_val", "stop_after_epoch"):
+        add(f"--{name.replace('_', '-')}", dest=name, type=int)
+    add("--epochs", type=int, help="maximum number of epochs")
+    add("--device", help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
+    add("--no-bf16", dest="bf16", action="store_const", const=False, help="no bf16 autocast on CUDA")
+    add("--tiny", action="store_const", const=True, help="a very small model (smoke tests)")
+    add("--quiet", action="store_const", const=True, help="no progress bars or per-epoch lines")
+    add("--out", help="output folder (default runs/train); an existing run there is resumed")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """TrainConfig from the config file (if any) with every flag that was given on top."""
+    names = {f.name for f in fields(TrainConfig)}
+    given = {RENAMED.get(k, k): v for k, v in vars(args).items() if v is not None}
+    overrides = {k: v for k, v in given.items() if k in names}
+    if args.config:
+        return TrainConfig.from_file(args.config, **overrides)
+    return TrainConfig(**overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train and print the best validation metrics as JSON."""
+    cfg = config_from_args(args)
+    result = train(cfg)
+    print(json.dumps({"best_checkpoint": str(result.best_checkpoint), "best_val": result.best_val,
+                      "config": asdict(cfg)}, indent=2))
+    return 0

@@ -1,0 +1,74 @@
+"""Models: parameter counts, per-layer entropy/halt outputs, token-by-token decoding == the full forward."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pna.models import build_model
+from pna.tokenizer import TOKENIZER
+
+V = TOKENIZER.vocab_size
+TINY = {"ssm": {"d_model": 32, "n_layers": 2, "d_state": 8},
+        "transformer": {"d_model": 32, "n_layers": 2, "n_heads": 4}}
+
+
+def faithful_count(vocab: int, d: int = 512, layers: int = 6, n: int = 16, k: int = 4, max_len: int = 128) -> int:
+    """The faithful SSM's parameters written out by hand: per layer LayerNorm, W_in (d -> 2d), depthwise conv
+    (+bias), W_x (d -> 2N: B and C, no dt), A_log, D, W_out, halt weight and bias; embeddings, final LayerNorm,
+    head; the halt MLP N -> 64 -> 1."""
+    layer = 2 * d + d * 2 * d + (d * k + d) + d * 2 * n + d * n + d + d * d + d * n + 1
+    return vocab * d + max_len * d + layers * layer + 2 * d + d * vocab + (n * 64 + 64 + 64 + 1)
+
+
+def test_parameter_counts():
+    ssm = build_model("ssm", V).num_parameters()
+    transformer = build_model("transformer", V).num_parameters()
+    faithful = build_model("ssm", V, "faithful").num_parameters()
+    print(f"\nparameters: ssm {ssm:,}  transformer {transformer:,}  faithful ssm {faithful:,} (original 5,058,906)")
+    assert abs(ssm - 5.0e6) / 5.0e6 < 0.02
+    assert abs(transformer - 5.05e6) / 5.05e6 < 0.02
+    assert faithful == faithful_count(V)
+    assert abs(faithful - 5_058_906) / 5_058_906 < 0.02
+
+
+@pytest.mark.parametrize("arch,variant", [("ssm", "default"), ("ssm", "faithful"), ("transformer", "default")])
+def test_every_layer_yields_entropy_and_halt(arch, variant):
+    model = build_model(arch, V, variant, **TINY[arch])
+    ids = torch.randint(1, V, (3, 17), generator=torch.Generator().manual_seed(0))
+    out = model(ids)
+    assert out.logits.shape == (3, 17, V)
+    assert out.halt_logits.shape == out.entropy.shape == (3, 17)
+    assert out.layer_entropy.shape == out.layer_halt_logits.shape == (2, 3, 17)
+    assert torch.equal(out.entropy, out.layer_entropy[-1])
+    assert torch.isfinite(out.entropy).all() and (out.entropy >= 0).all()
+    out.halt_logits.sum().backward()  # the model's halt logit is differentiable in its own head and the trunk
+    head = {"default": "blocks.1.halt_weight", "faithful": "halt_mlp.0.weight"}.get(variant) if arch == "ssm" \
+        else "halt_head.weight"
+    params = dict(model.named_parameters())
+    assert params[head].grad.abs().sum() > 0 and params["embed.weight"].grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("arch,variant", [("ssm", "default"), ("ssm", "faithful"), ("transformer", "default")])
+def test_decoding_step_by_step_matches_forward(arch, variant):
+    torch.manual_seed(0)
+    model = build_model(arch, V, variant, **TINY[arch]).eval()
+    ids = torch.randint(1, V, (2, 21), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = model(ids)
+    cache = model.init_cache(2)
+    steps = [model.step(ids[:, t], cache) for t in range(ids.shape[1])]
+    for name, got, want in (("logits", torch.stack([s.logits for s in steps], 1), full.logits),
+                            ("halt", torch.stack([s.halt_logits for s in steps], 1), full.halt_logits),
+                            ("entropy", torch.stack([s.entropy for s in steps], 1), full.entropy)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="^arch:"):
+        build_model("rnn", V)
+    with pytest.raises(ValueError, match="^variant:"):
+        build_model("transformer", V, "faithful")
+    with pytest.raises(ValueError, match="^overrides:"):
+        build_model("ssm", V, d_modle=8)
+    with pytest.raises(ValueError, match="^input_ids:"):
+        build_model("ssm", V, **TINY["ssm"])(torch.zeros(1, 129, dtype=torch.long))
