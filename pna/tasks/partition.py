@@ -3,9 +3,10 @@
 Inputs are grouped in strata (parity: one per bit count; sorting: one per letter count; chains: one per operation
 count; "a+b"/"a-b": one). A stratum of at least PARTITION_MIN_SIZE distinct inputs is divided between the splits
 by a hash of each input (80% train, 10% val, 10% test), so each split's share holds at least 100 distinct inputs
-and no input is in two splits. A smaller stratum (parity of 2-9 bits, sorting of 3 letters) is shared by all
-splits: its split sizes exceed it, so repeats are unavoidable anyway. The assignment depends on the input alone,
-not on the seed, so splits drawn with any seeds stay disjoint. Within a split, inputs are drawn with replacement.
+and no input is in two splits. A smaller stratum (parity of 2-9 bits, sorting of 3 letters, chains of 1
+operation) is shared by all splits: the split sizes exceed it, so repeats are unavoidable anyway. The assignment
+depends on the input alone, not on the seed, so splits drawn with any seeds stay disjoint. Within a split, inputs
+are drawn with replacement.
 """
 from __future__ import annotations
 
