@@ -12,23 +12,25 @@ TINY = {"ssm": {"d_model": 32, "n_layers": 2, "d_state": 8},
         "transformer": {"d_model": 32, "n_layers": 2, "n_heads": 4}}
 
 
-def faithful_count(vocab: int, d: int = 512, layers: int = 6, n: int = 16, k: int = 4, max_len: int = 128) -> int:
-    """The faithful SSM's parameters written out by hand: per layer LayerNorm, W_in (d -> 2d), depthwise conv
-    (+bias), W_x (d -> 2N: B and C, no dt), A_log, D, W_out, halt weight and bias; embeddings, final LayerNorm,
-    head; the halt MLP N -> 64 -> 1."""
-    layer = 2 * d + d * 2 * d + (d * k + d) + d * 2 * n + d * n + d + d * d + d * n + 1
-    return vocab * d + max_len * d + layers * layer + 2 * d + d * vocab + (n * 64 + 64 + 64 + 1)
+def faithful_count(vocab: int, d: int = 512, layers: int = 6, n: int = 16, k: int = 4, max_len: int = 256) -> int:
+    """The original SSM's parameters written out by hand: per layer LayerNorm, W_in (d -> 2d, bias), depthwise
+    conv (+bias), W_x (d -> 2N: B and C, no dt, bias), A_log, D, W_out (d -> d, bias); token and position
+    embeddings, final LayerNorm, LM head (+bias); the halt MLP N -> 64 -> 1."""
+    layer = 2 * d + (d * 2 * d + 2 * d) + (d * k + d) + (d * 2 * n + 2 * n) + d * n + d + (d * d + d)
+    return vocab * d + max_len * d + layers * layer + 2 * d + (d * vocab + vocab) + (n * 64 + 64 + 64 + 1)
 
 
 def test_parameter_counts():
-    ssm = build_model("ssm", V).num_parameters()
-    transformer = build_model("transformer", V).num_parameters()
-    faithful = build_model("ssm", V, "faithful").num_parameters()
-    print(f"\nparameters: ssm {ssm:,}  transformer {transformer:,}  faithful ssm {faithful:,} (original 5,058,906)")
-    assert abs(ssm - 5.0e6) / 5.0e6 < 0.02
-    assert abs(transformer - 5.05e6) / 5.05e6 < 0.02
-    assert faithful == faithful_count(V)
-    assert abs(faithful - 5_058_906) / 5_058_906 < 0.02
+    """The documented sizes, at the shared vocabulary's 31 tokens (each count moves by 2 * d_model per token)."""
+    ssm = build_model("ssm", 31).num_parameters()
+    transformer = build_model("transformer", 31).num_parameters()
+    faithful = build_model("ssm", 31, "faithful").num_parameters()
+    print(f"\nparameters (31 tokens): ssm {ssm:,}  transformer {transformer:,}  faithful ssm {faithful:,}")
+    assert ssm == 4_960_267
+    assert transformer == 4_993_601
+    assert faithful == faithful_count(31) == 5_065_056
+    # With the original's 25-token vocabulary the faithful variant has exactly the original's count.
+    assert build_model("ssm", 25, "faithful").num_parameters() == faithful_count(25) == 5_058_906
 
 
 @pytest.mark.parametrize("arch,variant", [("ssm", "default"), ("ssm", "faithful"), ("transformer", "default")])

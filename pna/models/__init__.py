@@ -9,8 +9,8 @@ from .transformer import TransformerConfig, TransformerLM
 
 ARCHS = ("ssm", "transformer")
 VARIANTS = ("default", "faithful")
-# The original architecture: d_model 512, 6 layers, d_state 16, expand 1, no dt.
-FAITHFUL_SSM = {"d_model": 512, "n_layers": 6, "d_state": 16, "expand": 1, "faithful": True}
+# The original architecture: d_model 512, 6 layers, d_state 16, expand 1, no dt, 256 positions.
+FAITHFUL_SSM = {"d_model": 512, "n_layers": 6, "d_state": 16, "expand": 1, "max_len": 256, "faithful": True}
 
 
 def build_model(arch: str, vocab_size: int, variant: str = "default", **overrides) -> nn.Module:

@@ -8,9 +8,11 @@ pna_kernels.selective_scan gives y, the state entropy H_t and the halt logit g_t
 of every token in the same pass; out = W_out y.
 
 variant="faithful" is the original architecture: no dt (h_t = exp(A) h_{t-1} + u_t B_t, i.e. delta = 1 without
-softplus), expand 1, and a halt head MLP 16 -> 64 -> 1 on s_t = mean_d h_t[d, :] of the last layer. That head
-needs every state, so the faithful variant runs the vectorised PyTorch scan that returns them
-(pna_kernels.parallel.selective_scan_parallel) instead of the fused op.
+softplus), expand 1, biases on W_in, W_x, W_out and the LM head, A_log drawn from N(0, 1), 256 positions, no
+per-layer halt probe, and one halt head, an MLP N -> 64 -> ReLU -> 1, on s_t = mean_d h_t[d, :] of the last layer
+(layer_halt_logits applies that same MLP to every layer's s_t). With the original's 25-token vocabulary this is
+exactly 5,058,906 parameters. The head needs every state, so the faithful variant runs the vectorised PyTorch
+scan that returns them (pna_kernels.parallel.selective_scan_parallel) instead of the fused op.
 """
 from __future__ import annotations
 
@@ -56,18 +58,22 @@ class S6Block(nn.Module):
         self.cfg = cfg
         d_inner, n = cfg.d_inner, cfg.d_state
         self.dt_rank = 0 if cfg.faithful else (cfg.dt_rank or math.ceil(cfg.d_model / 16))
-        self.in_proj = nn.Linear(cfg.d_model, 2 * d_inner, bias=False)
+        bias = cfg.faithful  # the original's projections have biases, Mamba's have none
+        self.in_proj = nn.Linear(cfg.d_model, 2 * d_inner, bias=bias)
         self.conv = nn.Conv1d(d_inner, d_inner, cfg.d_conv, groups=d_inner, padding=cfg.d_conv - 1)
-        self.x_proj = nn.Linear(d_inner, self.dt_rank + 2 * n, bias=False)
-        if not cfg.faithful:
-            self.dt_proj = nn.Linear(self.dt_rank, d_inner, bias=True)
-            # Mamba's init: dt = softplus(bias) log-uniform in [1e-3, 1e-1].
-            dt = torch.exp(torch.rand(d_inner) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
-            with torch.no_grad():
-                self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-        self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(d_inner, 1))
+        self.x_proj = nn.Linear(d_inner, self.dt_rank + 2 * n, bias=bias)
         self.D = nn.Parameter(torch.ones(d_inner))
-        self.out_proj = nn.Linear(d_inner, cfg.d_model, bias=False)
+        self.out_proj = nn.Linear(d_inner, cfg.d_model, bias=bias)
+        if cfg.faithful:
+            self.A_log = nn.Parameter(torch.randn(d_inner, n))  # the original's init
+            return
+        self.dt_proj = nn.Linear(self.dt_rank, d_inner, bias=True)
+        # Mamba's init: dt = softplus(bias) log-uniform in [1e-3, 1e-1].
+        dt = torch.exp(torch.rand(d_inner) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(d_inner, 1))
+        # The proprioceptive probe g_t = <halt_weight, h_t> + halt_bias, read by the fused op.
         self.halt_weight = nn.Parameter(torch.randn(d_inner, n) * (0.01 / math.sqrt(d_inner * n)))
         self.halt_bias = nn.Parameter(torch.tensor(-2.0))
 
@@ -84,9 +90,9 @@ class S6Block(nn.Module):
             "delta_softplus": not faithful,
         }
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """x (B, L, d_model) -> out (B, L, d_model), entropy (B, L), halt_logits (B, L), and (faithful only)
-        s (B, L, N) = mean over channels of the state."""
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x (B, L, d_model) -> out (B, L, d_model), entropy (B, L) and the halt feature: the probe's halt
+        logits (B, L), or in the faithful variant s (B, L, N), the state averaged over channels."""
         length = x.shape[1]
         u, z = self.in_proj(x).chunk(2, dim=-1)
         u = F.silu(self.conv(u.transpose(1, 2))[..., :length].transpose(1, 2))
@@ -94,17 +100,14 @@ class S6Block(nn.Module):
         A = -torch.exp(self.A_log.float())
         scan_in = (u.transpose(1, 2), delta.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2))
         if self.cfg.faithful:
-            y, entropy, halt, _, states = selective_scan_parallel(
-                *scan_in, self.D.float(), z.transpose(1, 2), None, False, self.halt_weight, self.halt_bias
-            )
-            s = states.mean(dim=2)
+            y, entropy, _, _, states = selective_scan_parallel(*scan_in, self.D.float(), z.transpose(1, 2))
+            halt_feature = states.mean(dim=2)
         else:
-            y, entropy, halt, _ = pna_kernels.selective_scan(
+            y, entropy, halt_feature, _ = pna_kernels.selective_scan(
                 *scan_in, self.D.float(), z.transpose(1, 2), **self._scan_args(),
                 halt_weight=self.halt_weight, halt_bias=self.halt_bias,
             )
-            s = None
-        return self.out_proj(y.transpose(1, 2)), entropy, halt, s
+        return self.out_proj(y.transpose(1, 2)), entropy, halt_feature
 
     def init_cache(self, batch: int, device: torch.device) -> dict[str, Tensor]:
         """Decoding state: the last d_conv - 1 conv inputs and the recurrent state (fp32)."""
@@ -113,19 +116,21 @@ class S6Block(nn.Module):
             "ssm": torch.zeros(batch, self.cfg.d_inner, self.cfg.d_state, device=device),
         }
 
-    def step(self, x: Tensor, cache: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """One token: x (B, d_model) -> out (B, d_model), entropy (B,), halt_logits (B,), s (B, N); updates cache."""
+    def step(self, x: Tensor, cache: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """One token: x (B, d_model) -> out (B, d_model), entropy (B,) and the halt feature (halt_logits (B,), or
+        s (B, N) in the faithful variant); updates cache."""
         u, z = self.in_proj(x).chunk(2, dim=-1)
         window = torch.cat([cache["conv"], u[..., None].float()], dim=-1)
         cache["conv"] = window[..., 1:]
         u = F.silu((window * self.conv.weight[:, 0].float()).sum(-1) + self.conv.bias.float()).to(x.dtype)
         delta, B, C = self._project(u)
         args = self._scan_args()
+        probe = {} if self.cfg.faithful else {"halt_weight": self.halt_weight, "halt_bias": self.halt_bias}
         y, entropy, halt = pna_kernels.selective_state_update(
             cache["ssm"], u, delta, -torch.exp(self.A_log.float()), B, C, self.D.float(), z,
-            args["delta_bias"], args["delta_softplus"], halt_weight=self.halt_weight, halt_bias=self.halt_bias,
+            args["delta_bias"], args["delta_softplus"], **probe,
         )
-        return self.out_proj(y), entropy, halt, cache["ssm"].mean(dim=1)
+        return self.out_proj(y), entropy, cache["ssm"].mean(dim=1) if self.cfg.faithful else halt
 
 
 class SSMLM(nn.Module):
@@ -139,9 +144,9 @@ class SSMLM(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(cfg.d_model) for _ in range(cfg.n_layers))
         self.blocks = nn.ModuleList(S6Block(cfg) for _ in range(cfg.n_layers))
         self.norm_f = nn.LayerNorm(cfg.d_model)
-        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.faithful)
         self.halt_mlp = (
-            nn.Sequential(nn.Linear(cfg.d_state, cfg.halt_hidden), nn.GELU(), nn.Linear(cfg.halt_hidden, 1))
+            nn.Sequential(nn.Linear(cfg.d_state, cfg.halt_hidden), nn.ReLU(), nn.Linear(cfg.halt_hidden, 1))
             if cfg.faithful
             else None
         )
@@ -150,6 +155,12 @@ class SSMLM(nn.Module):
         """Number of trainable parameters."""
         return num_parameters(self)
 
+    def _halt_logits(self, halt_feature: Tensor) -> Tensor:
+        """A block's halt feature -> halt logits: the probe's logits as they are, or the faithful MLP on s_t."""
+        if self.halt_mlp is None:
+            return halt_feature.float()
+        return self.halt_mlp(halt_feature).squeeze(-1).float()
+
     def forward(self, input_ids: Tensor) -> ModelOutput:
         """input_ids (B, L) -> ModelOutput."""
         length = input_ids.shape[1]
@@ -157,16 +168,13 @@ class SSMLM(nn.Module):
             raise ValueError(f"input_ids: length {length} exceeds the model's max_len {self.cfg.max_len}")
         x = self.embed(input_ids) + self.pos.weight[:length]
         entropies, halts = [], []
-        s = None
         for norm, block in zip(self.norms, self.blocks):
-            out, entropy, halt, s = block(norm(x))
+            out, entropy, halt_feature = block(norm(x))
             x = x + out
             entropies.append(entropy)
-            halts.append(halt)
-        if self.halt_mlp is not None:
-            halts[-1] = self.halt_mlp(s).squeeze(-1)
+            halts.append(self._halt_logits(halt_feature))
         logits = self.head(self.norm_f(x))
-        layer_entropy, layer_halt = torch.stack(entropies), torch.stack(halts).float()
+        layer_entropy, layer_halt = torch.stack(entropies), torch.stack(halts)
         return ModelOutput(logits, layer_halt[-1], layer_entropy[-1], layer_entropy, layer_halt)
 
     def init_cache(self, batch_size: int) -> dict:
@@ -181,12 +189,8 @@ class SSMLM(nn.Module):
         if t >= self.cfg.max_len:
             raise ValueError(f"cache: already {t} tokens, the model's max_len is {self.cfg.max_len}")
         x = self.embed(token_ids) + self.pos.weight[t]
-        halt = entropy = s = None
         for norm, block, layer_cache in zip(self.norms, self.blocks, cache["layers"]):
-            out, entropy, halt, s = block.step(norm(x), layer_cache)
+            out, entropy, halt_feature = block.step(norm(x), layer_cache)
             x = x + out
-        if self.halt_mlp is not None:
-            halt = self.halt_mlp(s.to(x.dtype)).squeeze(-1)
         cache["t"] = t + 1
-        return StepOutput(self.head(self.norm_f(x)), halt.float(), entropy)
-
+        return StepOutput(self.head(self.norm_f(x)), self._halt_logits(halt_feature), entropy)
