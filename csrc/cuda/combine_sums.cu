@@ -1,0 +1,41 @@
+// The second, small kernel of the forward and the decode step: per-block partial sums -> entropy and halt logits.
+// Each (batch row, step) adds its blocks' partials in block order, so the result does not depend on scheduling.
+#include "scan_common.cuh"
+
+namespace pna_cuda {
+
+__global__ void combine_sums_kernel(const float* __restrict__ partials, const float* __restrict__ halt_bias,
+                                    int batch, int n_dblocks, int length, float* __restrict__ entropy,
+                                    float* __restrict__ halt, float* __restrict__ sums) {
+  const long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= static_cast<long long>(batch) * length) return;
+  const int b = static_cast<int>(i / length);
+  const int t = static_cast<int>(i % length);
+  const size_t plane = static_cast<size_t>(batch) * n_dblocks * length;  // one of S1, S2, halt
+  const float* row = partials + static_cast<size_t>(b) * n_dblocks * length + t;
+  float s1 = 0.f, s2 = 0.f, hs = 0.f;
+  for (int blk = 0; blk < n_dblocks; ++blk) {
+    const size_t at = static_cast<size_t>(blk) * length;
+    s1 += row[at];
+    s2 += row[plane + at];
+    hs += row[2 * plane + at];
+  }
+  entropy[i] = s1 > 0.f ? logf(s1) - s2 / s1 : 0.f;
+  halt[i] = hs + halt_bias[0];
+  if (sums != nullptr) {
+    sums[(static_cast<size_t>(b) * 2) * length + t] = s1;
+    sums[(static_cast<size_t>(b) * 2 + 1) * length + t] = s2;
+  }
+}
+
+cudaError_t launch_combine_sums(const float* partials, const float* halt_bias, int batch, int n_dblocks, int length,
+                                float* entropy, float* halt, float* sums, cudaStream_t stream) {
+  const long long total = static_cast<long long>(batch) * length;
+  const int threads = 256;
+  const unsigned blocks = static_cast<unsigned>((total + threads - 1) / threads);
+  combine_sums_kernel<<<blocks, threads, 0, stream>>>(partials, halt_bias, batch, n_dblocks, length, entropy, halt,
+                                                      sums);
+  return cudaGetLastError();
+}
+
+}  // namespace pna_cuda

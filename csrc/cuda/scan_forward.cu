@@ -1,0 +1,220 @@
+// Fused forward: selective scan + y + silu(z) gate + per-step partial sums of the state entropy and halt logit.
+//
+// One block per (batch row, block of channels of one group); each lane owns NPT entries of a channel's state row
+// (see scan_common.cuh) and walks the sequence. A tile of steps of u, dt, z (the block's channels) and of B, C
+// (the group's) is staged in shared memory with coalesced loads, scanned, and y is written back coalesced. Per
+// step, S1 = sum h^2, S2 = sum h^2 log h^2 and sum halt_weight * h over the block are warp sums, then summed over
+// the block's warps in warp order and written to partials (3, batch, n_dblocks, L); combine_sums.cu adds the
+// blocks. The state before every kChunk steps goes to the checkpoints; no per-step state is stored.
+//
+// Why a lane per state entry rather than mamba's threads-along-L block scan: for batch 8, L 2048, D 1536, N 16
+// this gives 8 * 192 = 1536 blocks of 128 threads (about 12 per H100 SM), every lane's recurrence is a plain
+// fused multiply-add chain with no scan over L, the per-step entropy sums are warp shuffles over a state that
+// already sits one entry per lane, and the per-chunk checkpoints fall out of the loop for free.
+#include "scan_common.cuh"
+#include "scan_kernels.h"
+
+namespace pna_cuda {
+namespace {
+
+// Steps staged per tile: shared memory grows with N through the B and C tiles.
+__host__ __device__ constexpr int forward_tile(int npt) { return npt >= 4 ? 16 : 64 / npt; }
+
+struct ForwardParams {
+  Shape s;
+  const void* u;
+  const void* delta;
+  const float* A;
+  const void* B;
+  const void* C;
+  const float* Dskip;
+  const void* z;
+  const float* delta_bias;
+  const float* halt_weight;
+  const float* initial_state;
+  bool softplus;
+  void* out;
+  float* last_state;
+  float* checkpoints;
+  float* partials;
+};
+
+size_t forward_shared_bytes(const Layout& l, int dstate) {
+  const int tile = forward_tile(l.npt);
+  return sizeof(float) * ((4 * l.cpb + 2 * dstate) * (tile + 1) + 3 * kWarps * tile);
+}
+
+template <typename T, int NPT>
+__global__ void __launch_bounds__(kThreads) scan_forward_kernel(ForwardParams p) {
+  constexpr int TILE = forward_tile(NPT);
+  constexpr int W = TILE + 1;  // padded row: lanes reading different rows hit different banks
+  extern __shared__ float smem[];
+  const Shape& s = p.s;
+  const BlockPos pos = block_pos(s);
+  const int cpb = s.layout.cpb, tpc = s.layout.tpc, N = s.dstate, L = s.length, D = s.dim;
+  float* s_u = smem;
+  float* s_dt = s_u + cpb * W;
+  float* s_z = s_dt + cpb * W;
+  float* s_y = s_z + cpb * W;
+  float* s_B = s_y + cpb * W;
+  float* s_C = s_B + N * W;
+  float* s_red = s_C + N * W;  // [3][kWarps][TILE]
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+
+  float a2[NPT], hw[NPT], h[NPT];
+  bool valid[NPT];
+#pragma unroll
+  for (int k = 0; k < NPT; ++k) {
+    const int n = pos.j + k * tpc;
+    valid[k] = pos.active && n < N;
+    const size_t dn = static_cast<size_t>(pos.d) * N + n;
+    a2[k] = valid[k] ? p.A[dn] * kLog2e : 0.f;
+    hw[k] = valid[k] ? p.halt_weight[dn] : 0.f;
+    h[k] = valid[k] ? p.initial_state[static_cast<size_t>(pos.b) * D * N + dn] : 0.f;
+  }
+  const float d_skip = pos.active ? p.Dskip[pos.d] : 0.f;
+  const bool has_z = p.z != nullptr;
+  const size_t rows = (static_cast<size_t>(pos.b) * D + pos.d0) * L;  // the block's first channel row
+  const T* u = static_cast<const T*>(p.u) + rows;
+  const T* delta = static_cast<const T*>(p.delta) + rows;
+  const T* z = has_z ? static_cast<const T*>(p.z) + rows : nullptr;
+  T* out = static_cast<T*>(p.out) + rows;
+  const size_t bc = (static_cast<size_t>(pos.b) * s.groups + pos.g) * N * L;
+  const T* B = static_cast<const T*>(p.B) + bc;
+  const T* C = static_cast<const T*>(p.C) + bc;
+  const int n_chunks = (L + kChunk - 1) / kChunk;
+  const size_t plane = static_cast<size_t>(s.batch) * s.layout.n_dblocks * L;
+  float* partials = p.partials + (static_cast<size_t>(pos.b) * s.layout.n_dblocks + pos.blk) * L;
+
+  for (int t0 = 0; t0 < L; t0 += TILE) {
+    const int tl = min(TILE, L - t0);
+    for (int i = threadIdx.x; i < pos.nch * TILE; i += kThreads) {
+      const int c = i / TILE, t = i % TILE;
+      if (t < tl) {
+        const size_t at = static_cast<size_t>(c) * L + t0 + t;
+        s_u[c * W + t] = to_float(u[at]);
+        const float x = to_float(delta[at]) + p.delta_bias[pos.d0 + c];
+        s_dt[c * W + t] = p.softplus ? softplus(x) : x;
+        s_z[c * W + t] = has_z ? to_float(z[at]) : 0.f;
+      }
+    }
+    for (int i = threadIdx.x; i < N * TILE; i += kThreads) {
+      const int n = i / TILE, t = i % TILE;
+      if (t < tl) {
+        s_B[n * W + t] = to_float(B[static_cast<size_t>(n) * L + t0 + t]);
+        s_C[n * W + t] = to_float(C[static_cast<size_t>(n) * L + t0 + t]);
+      }
+    }
+    __syncthreads();
+
+    for (int t = 0; t < tl; ++t) {
+      const int tg = t0 + t;
+      if (tg % kChunk == 0) {
+        float* ck = p.checkpoints + ((static_cast<size_t>(pos.b) * n_chunks + tg / kChunk) * D + pos.d) * N;
+#pragma unroll
+        for (int k = 0; k < NPT; ++k)
+          if (valid[k]) ck[pos.j + k * tpc] = h[k];
+      }
+      const float dt = s_dt[pos.c * W + t], uu = s_u[pos.c * W + t];
+      float yp = 0.f, s1 = 0.f, s2 = 0.f, hs = 0.f;
+#pragma unroll
+      for (int k = 0; k < NPT; ++k) {
+        if (valid[k]) {
+          const int n = pos.j + k * tpc;
+          h[k] = exp2f(dt * a2[k]) * h[k] + dt * s_B[n * W + t] * uu;
+          yp += s_C[n * W + t] * h[k];
+          const float e = h[k] * h[k];
+          s1 += e;
+          s2 += xlogx(e);
+          hs += hw[k] * h[k];
+        }
+      }
+      yp = channel_sum(yp, tpc);
+      s1 = warp_sum(s1);
+      s2 = warp_sum(s2);
+      hs = warp_sum(hs);
+      if (lane == 0) {
+        s_red[(0 * kWarps + warp) * TILE + t] = s1;
+        s_red[(1 * kWarps + warp) * TILE + t] = s2;
+        s_red[(2 * kWarps + warp) * TILE + t] = hs;
+      }
+      if (pos.j == 0 && pos.active) {
+        float y = yp + d_skip * uu;
+        if (has_z) {
+          const float zz = s_z[pos.c * W + t];
+          y *= zz * sigmoid(zz);
+        }
+        s_y[pos.c * W + t] = y;
+      }
+    }
+    __syncthreads();
+
+    for (int i = threadIdx.x; i < pos.nch * TILE; i += kThreads) {
+      const int c = i / TILE, t = i % TILE;
+      if (t < tl) out[static_cast<size_t>(c) * L + t0 + t] = from_float<T>(s_y[c * W + t]);
+    }
+    for (int i = threadIdx.x; i < 3 * TILE; i += kThreads) {
+      const int q = i / TILE, t = i % TILE;
+      if (t < tl) {
+        float v = 0.f;
+        for (int w = 0; w < kWarps; ++w) v += s_red[(q * kWarps + w) * TILE + t];
+        partials[q * plane + t0 + t] = v;
+      }
+    }
+    __syncthreads();  // the next tile overwrites the shared arrays
+  }
+
+#pragma unroll
+  for (int k = 0; k < NPT; ++k)
+    if (valid[k]) p.last_state[(static_cast<size_t>(pos.b) * D + pos.d) * N + pos.j + k * tpc] = h[k];
+}
+
+}  // namespace
+}  // namespace pna_cuda
+
+extern "C" int pna_cuda_num_dblocks(int dim, int groups, int dstate) {
+  return pna_cuda::make_layout(dim, groups, dstate).n_dblocks;
+}
+
+extern "C" int pna_cuda_chunk_size(void) { return pna_cuda::kChunk; }
+
+extern "C" const char* pna_cuda_scan_forward(int dtype, const void* u, const void* delta, const float* A,
+                                             const void* B, const void* C, const float* Dskip, const void* z,
+                                             const float* delta_bias, const float* halt_weight,
+                                             const float* halt_bias, const float* initial_state, int delta_softplus,
+                                             int batch, int dim, int length, int dstate, int groups, void* out,
+                                             float* last_state, float* checkpoints, float* partials, float* entropy,
+                                             float* halt, float* entropy_sums, cudaStream_t stream) {
+  using namespace pna_cuda;
+  if (const char* why = check_problem(dtype, batch, dim, length, dstate, groups)) return why;
+  ForwardParams p;
+  p.s = Shape{batch, dim, length, dstate, groups, make_layout(dim, groups, dstate)};
+  p.u = u;
+  p.delta = delta;
+  p.A = A;
+  p.B = B;
+  p.C = C;
+  p.Dskip = Dskip;
+  p.z = z;
+  p.delta_bias = delta_bias;
+  p.halt_weight = halt_weight;
+  p.initial_state = initial_state;
+  p.softplus = delta_softplus != 0;
+  p.out = out;
+  p.last_state = last_state;
+  p.checkpoints = checkpoints;
+  p.partials = partials;
+  const size_t shared = forward_shared_bytes(p.s.layout, dstate);
+  const dim3 grid(p.s.layout.n_dblocks, batch);
+  cudaError_t err = dispatch(dtype, p.s.layout.npt, [&](auto tag, auto npt) {
+    auto kernel = scan_forward_kernel<decltype(tag), decltype(npt)::value>;
+    cudaError_t e = allow_shared_memory(kernel, shared);
+    if (e != cudaSuccess) return e;
+    kernel<<<grid, kThreads, shared, stream>>>(p);
+    return cudaGetLastError();
+  });
+  if (err == cudaSuccess)
+    err = launch_combine_sums(partials, halt_bias, batch, p.s.layout.n_dblocks, length, entropy, halt, entropy_sums,
+                              stream);
+  return error_string(err);
+}
