@@ -1,0 +1,330 @@
+// Fused backward of the scan + entropy + halt op.
+//
+// Same block layout as the forward (scan_common.cuh). Each block walks its chunks from last to first: it stages
+// the chunk's inputs in shared memory, recomputes the chunk's states from the forward's checkpoint into shared
+// memory (each lane its own entries), then runs the adjoint recurrence backwards over the chunk's steps:
+//   g_t = exp(dt_{t+1} A) g_{t+1} + C_t dy_t + grad_entropy_t * 2 h_t (S2_t / S1_t - log h_t^2) / S1_t
+//         + grad_halt_t * halt_weight          (g_{L-1} starts from grad_last_state),
+// with dy = grad_out * silu(z) (grad_out without a gate) and S1, S2 the forward's per-step sums. From g_t:
+//   dA += g_t h_{t-1} a_t dt_t,  d dt_t = sum_n g_t (A a_t h_{t-1} + B_t u_t),  du_t = sum_n g_t dt_t B_t + D dy_t,
+//   dB_t[n] = sum_d g_t dt_t u_t,  dC_t[n] = sum_d h_t dy_t,  dz_t = grad_out_t y_t silu'(z_t),  dD += dy_t u_t,
+//   d delta = d dt * sigmoid(delta + delta_bias) with softplus (d dt without),  dhalt_weight += grad_halt_t h_t.
+// Per-channel results (du, d delta, dz) are written coalesced per chunk. Sums over channels (dB, dC) are warp
+// shuffles, then a fixed-order sum over the block's warps, written per block to (batch, n_dblocks, N, L); sums
+// over batch rows (dA, dD, d delta_bias, dhalt_weight) are written per row. The caller adds both up in a fixed
+// order, so the gradients are deterministic (no atomics).
+#include "scan_common.cuh"
+#include "scan_kernels.h"
+
+namespace pna_cuda {
+namespace {
+
+// Steps between flushes of the block's dB/dC sums to global memory (divides kChunk); bounds their shared memory.
+constexpr int kFlush = 8;
+static_assert(kChunk % kFlush == 0, "kFlush must divide kChunk");
+
+struct BackwardParams {
+  Shape s;
+  const void* grad_out;
+  const float* grad_entropy;
+  const float* grad_halt;
+  const float* grad_last_state;
+  const void* u;
+  const void* delta;
+  const float* A;
+  const void* B;
+  const void* C;
+  const float* Dskip;
+  const void* z;
+  const float* delta_bias;
+  const float* halt_weight;
+  const float* checkpoints;
+  const float* entropy_sums;
+  bool softplus;
+  void* du;
+  void* ddelta;
+  void* dz;
+  float* dA_rows;
+  float* dB_blocks;
+  float* dC_blocks;
+  float* dD_rows;
+  float* ddelta_bias_rows;
+  float* dhalt_weight_rows;
+  float* dinitial_state;
+};
+
+constexpr int kChannelArrays = 8;  // u, dt, d dt / d delta, z, grad_out, du, d delta, dz
+
+size_t backward_shared_bytes(const Layout& l, int dstate) {
+  const size_t states = static_cast<size_t>(kChunk + 1) * l.npt * kThreads;
+  const size_t channels = static_cast<size_t>(kChannelArrays * l.cpb + 2 * dstate) * (kChunk + 1);
+  const size_t tokens = 3 * kChunk;
+  const size_t bc_sums = 2 * static_cast<size_t>(kWarps) * dstate * kFlush;
+  return sizeof(float) * (states + channels + tokens + bc_sums);
+}
+
+template <typename T, int NPT>
+__global__ void __launch_bounds__(kThreads) scan_backward_kernel(BackwardParams p) {
+  constexpr int W = kChunk + 1;
+  extern __shared__ float smem[];
+  const Shape& s = p.s;
+  const BlockPos pos = block_pos(s);
+  const int cpb = s.layout.cpb, tpc = s.layout.tpc, N = s.dstate, L = s.length, D = s.dim;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  float* s_h = smem;  // [kChunk + 1][NPT][kThreads]: h before the chunk, then after each step
+  float* s_u = s_h + (kChunk + 1) * NPT * kThreads;
+  float* s_dt = s_u + cpb * W;
+  float* s_dsp = s_dt + cpb * W;
+  float* s_z = s_dsp + cpb * W;
+  float* s_gout = s_z + cpb * W;
+  float* s_du = s_gout + cpb * W;
+  float* s_ddelta = s_du + cpb * W;
+  float* s_dz = s_ddelta + cpb * W;
+  float* s_B = s_dz + cpb * W;
+  float* s_C = s_B + N * W;
+  float* s_ge = s_C + N * W;  // 2 grad_entropy / S1 (0 where S1 = 0)
+  float* s_r = s_ge + kChunk;  // S2 / S1
+  float* s_gh = s_r + kChunk;  // grad_halt
+  float* s_dB = s_gh + kChunk;  // [kWarps][N][kFlush]
+  float* s_dC = s_dB + kWarps * N * kFlush;
+
+  float a2[NPT], Av[NPT], hw[NPT], g[NPT], dA[NPT], dhw[NPT];
+  bool valid[NPT];
+  const size_t bd = static_cast<size_t>(pos.b) * D + pos.d;
+#pragma unroll
+  for (int k = 0; k < NPT; ++k) {
+    const int n = pos.j + k * tpc;
+    valid[k] = pos.active && n < N;
+    const size_t dn = static_cast<size_t>(pos.d) * N + n;
+    Av[k] = valid[k] ? p.A[dn] : 0.f;
+    a2[k] = Av[k] * kLog2e;
+    hw[k] = valid[k] ? p.halt_weight[dn] : 0.f;
+    g[k] = valid[k] ? p.grad_last_state[bd * N + n] : 0.f;
+    dA[k] = 0.f;
+    dhw[k] = 0.f;
+  }
+  const float d_skip = pos.active ? p.Dskip[pos.d] : 0.f;
+  float dD_acc = 0.f, ddb_acc = 0.f;
+  const bool has_z = p.z != nullptr;
+  const size_t rows = (static_cast<size_t>(pos.b) * D + pos.d0) * L;
+  const T* u = static_cast<const T*>(p.u) + rows;
+  const T* delta = static_cast<const T*>(p.delta) + rows;
+  const T* z = has_z ? static_cast<const T*>(p.z) + rows : nullptr;
+  const T* gout = static_cast<const T*>(p.grad_out) + rows;
+  T* du = static_cast<T*>(p.du) + rows;
+  T* ddelta = static_cast<T*>(p.ddelta) + rows;
+  T* dz = has_z ? static_cast<T*>(p.dz) + rows : nullptr;
+  const size_t bc = (static_cast<size_t>(pos.b) * s.groups + pos.g) * N * L;
+  const T* B = static_cast<const T*>(p.B) + bc;
+  const T* C = static_cast<const T*>(p.C) + bc;
+  const size_t blk_rows = (static_cast<size_t>(pos.b) * s.layout.n_dblocks + pos.blk) * N * L;
+  float* dB_out = p.dB_blocks + blk_rows;
+  float* dC_out = p.dC_blocks + blk_rows;
+  const float* s1_row = p.entropy_sums + static_cast<size_t>(pos.b) * 2 * L;
+  const float* s2_row = s1_row + L;
+  const int n_chunks = (L + kChunk - 1) / kChunk;
+
+  for (int chunk = n_chunks - 1; chunk >= 0; --chunk) {
+    const int t0 = chunk * kChunk;
+    const int tl = min(kChunk, L - t0);
+    for (int i = threadIdx.x; i < pos.nch * kChunk; i += kThreads) {
+      const int c = i / kChunk, t = i % kChunk;
+      if (t < tl) {
+        const size_t at = static_cast<size_t>(c) * L + t0 + t;
+        s_u[c * W + t] = to_float(u[at]);
+        const float x = to_float(delta[at]) + p.delta_bias[pos.d0 + c];
+        s_dt[c * W + t] = p.softplus ? softplus(x) : x;
+        s_dsp[c * W + t] = p.softplus ? sigmoid(x) : 1.f;
+        s_z[c * W + t] = has_z ? to_float(z[at]) : 0.f;
+        s_gout[c * W + t] = to_float(gout[at]);
+      }
+    }
+    for (int i = threadIdx.x; i < N * kChunk; i += kThreads) {
+      const int n = i / kChunk, t = i % kChunk;
+      if (t < tl) {
+        s_B[n * W + t] = to_float(B[static_cast<size_t>(n) * L + t0 + t]);
+        s_C[n * W + t] = to_float(C[static_cast<size_t>(n) * L + t0 + t]);
+      }
+    }
+    for (int t = threadIdx.x; t < tl; t += kThreads) {
+      const size_t at = static_cast<size_t>(pos.b) * L + t0 + t;
+      const float s1 = s1_row[t0 + t], s2 = s2_row[t0 + t];
+      s_ge[t] = s1 > 0.f ? 2.f * p.grad_entropy[at] / s1 : 0.f;
+      s_r[t] = s1 > 0.f ? s2 / s1 : 0.f;
+      s_gh[t] = p.grad_halt[at];
+    }
+    __syncthreads();
+
+    // Recompute the chunk's states (each lane its own entries, so no barrier before reading them back).
+    {
+      const float* ck = p.checkpoints + ((static_cast<size_t>(pos.b) * n_chunks + chunk) * D + pos.d) * N;
+      float h[NPT];
+#pragma unroll
+      for (int k = 0; k < NPT; ++k) {
+        h[k] = valid[k] ? ck[pos.j + k * tpc] : 0.f;
+        s_h[k * kThreads + threadIdx.x] = h[k];
+      }
+      for (int t = 0; t < tl; ++t) {
+        const float dt = s_dt[pos.c * W + t], uu = s_u[pos.c * W + t];
+#pragma unroll
+        for (int k = 0; k < NPT; ++k) {
+          if (valid[k]) h[k] = exp2f(dt * a2[k]) * h[k] + dt * s_B[(pos.j + k * tpc) * W + t] * uu;
+          s_h[((t + 1) * NPT + k) * kThreads + threadIdx.x] = h[k];
+        }
+      }
+    }
+
+    for (int t = tl - 1; t >= 0; --t) {
+      const float dt = s_dt[pos.c * W + t], uu = s_u[pos.c * W + t], go = s_gout[pos.c * W + t];
+      const float ge = s_ge[t], r = s_r[t], gh = s_gh[t];
+      float dy = go, zz = 0.f, sg = 0.f;
+      if (has_z) {
+        zz = s_z[pos.c * W + t];
+        sg = sigmoid(zz);
+        dy = go * zz * sg;
+      }
+      float yp = 0.f, ddt_p = 0.f, du_p = 0.f, dBv[NPT], dCv[NPT];
+#pragma unroll
+      for (int k = 0; k < NPT; ++k) {
+        dBv[k] = 0.f;
+        dCv[k] = 0.f;
+        if (valid[k]) {
+          const int n = pos.j + k * tpc;
+          const float hp = s_h[(t * NPT + k) * kThreads + threadIdx.x];
+          const float hc = s_h[((t + 1) * NPT + k) * kThreads + threadIdx.x];
+          const float Bn = s_B[n * W + t], Cn = s_C[n * W + t];
+          const float e = hc * hc;
+          yp += Cn * hc;
+          g[k] += Cn * dy + gh * hw[k] + (e > 0.f ? ge * hc * (r - logf(e)) : 0.f);
+          const float a = exp2f(dt * a2[k]);
+          ddt_p += g[k] * (Av[k] * a * hp + Bn * uu);
+          du_p += g[k] * dt * Bn;
+          dA[k] += g[k] * hp * a * dt;
+          dhw[k] += gh * hc;
+          dBv[k] = g[k] * dt * uu;
+          dCv[k] = hc * dy;
+          g[k] *= a;
+        }
+      }
+      ddt_p = channel_sum(ddt_p, tpc);
+      du_p = channel_sum(du_p, tpc);
+      if (has_z) yp = channel_sum(yp, tpc);
+      const int slot = t % kFlush;
+#pragma unroll
+      for (int k = 0; k < NPT; ++k) {
+        dBv[k] = across_channels_sum(dBv[k], tpc);
+        dCv[k] = across_channels_sum(dCv[k], tpc);
+        const int n = pos.j + k * tpc;
+        if (lane < tpc && n < N) {
+          s_dB[(warp * N + n) * kFlush + slot] = dBv[k];
+          s_dC[(warp * N + n) * kFlush + slot] = dCv[k];
+        }
+      }
+      if (pos.j == 0 && pos.active) {
+        const float dd = ddt_p * s_dsp[pos.c * W + t];
+        s_du[pos.c * W + t] = du_p + d_skip * dy;
+        s_ddelta[pos.c * W + t] = dd;
+        dD_acc += dy * uu;
+        ddb_acc += dd;
+        if (has_z) {
+          const float y = yp + d_skip * uu;
+          s_dz[pos.c * W + t] = go * y * sg * (1.f + zz * (1.f - sg));
+        }
+      }
+      if (slot == 0) {  // steps t .. t + kFlush - 1 (those < tl) are complete: add up the warps, in warp order
+        __syncthreads();
+        const int steps = min(kFlush, tl - t);
+        for (int i = threadIdx.x; i < N * kFlush; i += kThreads) {
+          const int n = i / kFlush, q = i % kFlush;
+          if (q < steps) {
+            float vb = 0.f, vc = 0.f;
+            for (int w = 0; w < kWarps; ++w) {
+              vb += s_dB[(w * N + n) * kFlush + q];
+              vc += s_dC[(w * N + n) * kFlush + q];
+            }
+            dB_out[static_cast<size_t>(n) * L + t0 + t + q] = vb;
+            dC_out[static_cast<size_t>(n) * L + t0 + t + q] = vc;
+          }
+        }
+        __syncthreads();
+      }
+    }
+
+    for (int i = threadIdx.x; i < pos.nch * kChunk; i += kThreads) {
+      const int c = i / kChunk, t = i % kChunk;
+      if (t < tl) {
+        const size_t at = static_cast<size_t>(c) * L + t0 + t;
+        du[at] = from_float<T>(s_du[c * W + t]);
+        ddelta[at] = from_float<T>(s_ddelta[c * W + t]);
+        if (has_z) dz[at] = from_float<T>(s_dz[c * W + t]);
+      }
+    }
+    __syncthreads();  // the next chunk overwrites the shared arrays
+  }
+
+#pragma unroll
+  for (int k = 0; k < NPT; ++k) {
+    if (valid[k]) {
+      const size_t at = bd * N + pos.j + k * tpc;
+      p.dA_rows[at] = dA[k];
+      p.dhalt_weight_rows[at] = dhw[k];
+      p.dinitial_state[at] = g[k];
+    }
+  }
+  if (pos.j == 0 && pos.active) {
+    p.dD_rows[bd] = dD_acc;
+    p.ddelta_bias_rows[bd] = ddb_acc;
+  }
+}
+
+}  // namespace
+}  // namespace pna_cuda
+
+extern "C" const char* pna_cuda_scan_backward(
+    int dtype, const void* grad_out, const float* grad_entropy, const float* grad_halt, const float* grad_last_state,
+    const void* u, const void* delta, const float* A, const void* B, const void* C, const float* Dskip, const void* z,
+    const float* delta_bias, const float* halt_weight, const float* checkpoints, const float* entropy_sums,
+    int delta_softplus, int batch, int dim, int length, int dstate, int groups, void* du, void* ddelta, void* dz,
+    float* dA_rows, float* dB_blocks, float* dC_blocks, float* dD_rows, float* ddelta_bias_rows,
+    float* dhalt_weight_rows, float* dinitial_state, cudaStream_t stream) {
+  using namespace pna_cuda;
+  if (const char* why = check_problem(dtype, batch, dim, length, dstate, groups)) return why;
+  BackwardParams p;
+  p.s = Shape{batch, dim, length, dstate, groups, make_layout(dim, groups, dstate)};
+  p.grad_out = grad_out;
+  p.grad_entropy = grad_entropy;
+  p.grad_halt = grad_halt;
+  p.grad_last_state = grad_last_state;
+  p.u = u;
+  p.delta = delta;
+  p.A = A;
+  p.B = B;
+  p.C = C;
+  p.Dskip = Dskip;
+  p.z = z;
+  p.delta_bias = delta_bias;
+  p.halt_weight = halt_weight;
+  p.checkpoints = checkpoints;
+  p.entropy_sums = entropy_sums;
+  p.softplus = delta_softplus != 0;
+  p.du = du;
+  p.ddelta = ddelta;
+  p.dz = dz;
+  p.dA_rows = dA_rows;
+  p.dB_blocks = dB_blocks;
+  p.dC_blocks = dC_blocks;
+  p.dD_rows = dD_rows;
+  p.ddelta_bias_rows = ddelta_bias_rows;
+  p.dhalt_weight_rows = dhalt_weight_rows;
+  p.dinitial_state = dinitial_state;
+  const size_t shared = backward_shared_bytes(p.s.layout, dstate);
+  const dim3 grid(p.s.layout.n_dblocks, batch);
+  const cudaError_t err = dispatch(dtype, p.s.layout.npt, [&](auto tag, auto npt) {
+    auto kernel = scan_backward_kernel<decltype(tag), decltype(npt)::value>;
+    cudaError_t e = allow_shared_memory(kernel, shared);
+    if (e != cudaSuccess) return e;
+    kernel<<<grid, kThreads, shared, stream>>>(p);
+    return cudaGetLastError();
+  });
+  return error_string(err);
+}
