@@ -151,6 +151,14 @@ def greedy_generate(
     return results
 
 
+def answer_correct(generations: Sequence[Generation], examples: Sequence[Example]) -> list[bool]:
+    """Per example: did the generation write the reference answer after "Result:"?"""
+    if len(generations) != len(examples) or not generations:
+        raise ValueError(f"generations: need one per example and at least one, got {len(generations)} for "
+                         f"{len(examples)} examples")
+    return [g.answer is not None and g.answer == ex.answer for g, ex in zip(generations, examples)]
+
+
 def summarize_generations(
     generations: Sequence[Generation],
     examples: Sequence[Example],
@@ -158,10 +166,7 @@ def summarize_generations(
     halt_threshold: float | None,
 ) -> GenerationSummary:
     """Answer accuracy, halting accuracy and tokens saved of generations against their reference examples."""
-    if len(generations) != len(examples) or not generations:
-        raise ValueError(f"generations: need one per example and at least one, got {len(generations)} for "
-                         f"{len(examples)} examples")
-    correct = sum(g.answer is not None and g.answer == ex.answer for g, ex in zip(generations, examples))
+    correct = sum(answer_correct(generations, examples))
     halted = sum(g.stop_reason in HALT_STOPS and g.result_pos >= 0 for g in generations)
     saved = [max_len - len(g.ids) for g in generations]
     budget = sum(max_len - g.prompt_len for g in generations)

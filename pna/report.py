@@ -31,13 +31,11 @@ class Estimate:
     digits: int = 3
 
     def format(self) -> str:
-        """'-0.812 [-0.830, -0.790] (n=791; 1 seed)' or the missing reason."""
+        """'-0.812 [-0.830, -0.790] (n=791; 1 seed)', 'undefined (n=0; ...)' for NaN, or the missing reason."""
         if self.value is None:
             return self.missing
-        if math.isnan(self.value):
-            return "undefined (no usable examples)"
-        text = f"{self.value * self.scale:.{self.digits}f}{self.unit}"
-        if self.ci is not None:
+        text = "undefined" if math.isnan(self.value) else f"{self.value * self.scale:.{self.digits}f}{self.unit}"
+        if self.ci is not None and not math.isnan(self.value):
             lo, hi = (bound * self.scale for bound in self.ci)
             text += f" [{lo:.{self.digits}f}, {hi:.{self.digits}f}]"
         extras = [f"n={self.n}"] if self.n is not None else []

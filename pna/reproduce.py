@@ -32,12 +32,12 @@ from tqdm import tqdm
 
 from pna import analysis
 from pna.evaluate import Evaluation
-from pna.generate import free_generation
+from pna.generate import answer_correct, free_generation
 from pna.paper import paper_number
 from pna.report import NOT_RUN, Estimate, MarkdownReport
 from pna.sweep import TrainJob, load_evaluation, run_jobs, run_sweep
 from pna.tasks import make_split
-from pna.train import load_checkpoint
+from pna.train import TINY_MODEL, load_checkpoint
 from pna.transfer import run_transfer
 
 # (row key, label) of the report's first table, in order; keys match pna.paper.
@@ -110,13 +110,16 @@ FULL = Profile(
 )
 QUICK = Profile(
     name="quick", corrected_seeds=2,
-    train={arch: {"n_train": 1000, "n_val": 200, "max_epochs": 4, "patience": 2, "tiny": True} for arch in ARCHS},
+    train={arch: {"n_train": 1500, "n_val": 200, "max_epochs": 3, "patience": 2, "lr": 3e-3, "warmup_steps": 20,
+                  "tiny": True, "quiet": True} for arch in ARCHS},
     n_test=200, n_free=100, n_free_ood=40,
     transfer={"n_train": 500, "n_val": 100, "n_test": 200, "max_epochs": 3, "patience": 2}, transfer_seeds=1,
     sweep_alphas=(0.0, 0.5), sweep_betas=(0.0, 0.4), sweep_seeds=(0,), workers=2,
     reductions=(
-        "tiny models (the trainer's --tiny sizes) instead of the paper's ~5M parameters",
-        "1000 training / 200 validation examples per run instead of 8000 / 1000; at most 4 epochs, patience 2",
+        "tiny models (the trainer's --tiny sizes: "
+        + "; ".join(f"{arch} {sizes}" for arch, sizes in TINY_MODEL.items()) + ") instead of the paper's ~5M parameters",
+        "1500 training / 200 validation examples per run instead of 8000 / 1000; at most 3 epochs, patience 2; "
+        "lr 3e-3 with 20 warmup steps instead of 3e-4 with 100 (short runs of small models)",
         "200 test examples per run instead of 1000",
         "corrected protocol: 2 seeds instead of 5",
         "free generation: 100 in-distribution + 40 OOD examples instead of 400 + 100",
@@ -127,7 +130,8 @@ QUICK = Profile(
 )
 TINY = Profile(
     name="tiny", corrected_seeds=2,
-    train={arch: {"n_train": 64, "n_val": 16, "max_epochs": 1, "patience": 1, "tiny": True} for arch in ARCHS},
+    train={arch: {"n_train": 64, "n_val": 16, "max_epochs": 1, "patience": 1, "lr": 3e-3, "warmup_steps": 2,
+                  "tiny": True, "quiet": True} for arch in ARCHS},
     n_test=24, n_free=6, n_free_ood=4,
     transfer={"n_train": 32, "n_val": 8, "n_test": 16, "max_epochs": 1, "patience": 1}, transfer_seeds=1,
     sweep_alphas=(0.0, 0.5), sweep_betas=(0.1,), sweep_seeds=(0,),
@@ -202,17 +206,19 @@ def analyse_group(evaluations: Sequence[Evaluation]) -> dict[str, Any]:
     Examples of every seed are pooled for the summaries; per_seed_r keeps each seed's own mean r.
     """
     ev = _pooled(evaluations)
-    per_seed = [analysis.coupling_summary(e.entropy, e.halt_logits, e.result_pos, e.lengths).mean
+    series = (ev.entropy, ev.halt_logits, ev.result_pos, ev.lengths)
+    per_seed = [analysis.coupling(e.entropy, e.halt_logits, e.result_pos, e.lengths).summary.mean
                 for e in evaluations]
-    accuracy_ci = analysis.bootstrap_ci(ev.answer_correct.astype(float))
     return {
         "n_seeds": len(evaluations),
-        "coupling": analysis.coupling_summary(ev.entropy, ev.halt_logits, ev.result_pos, ev.lengths).to_dict(),
-        "per_seed_r": per_seed,
-        "lag": analysis.threshold_lag(ev.entropy, ev.halt_logits, ev.result_pos, ev.lengths).to_dict(),
-        "xcorr": analysis.cross_correlation(ev.entropy, ev.halt_logits, ev.result_pos, ev.lengths).to_dict(),
-        "halting": analysis.halting_metrics(ev.halt_logits, ev.halt_labels, ev.result_pos, ev.lengths).to_dict(),
-        "teacher_forced": {"answer_accuracy": ev.answer_accuracy, "answer_ci": list(accuracy_ci),
+        "coupling": analysis.coupling(*series).to_dict(),
+        "per_seed_r": [None if math.isnan(r) else r for r in per_seed],
+        "lag": analysis.threshold_lag(*series).to_dict(),
+        "xcorr": analysis.cross_correlation(*series).to_dict(),
+        "xcorr_differenced": analysis.cross_correlation(*series, differenced=True).to_dict(),
+        "halting": analysis.halting_metrics(ev.halt_logits, ev.halt_labels, ev.halt_mask, ev.result_pos).to_dict(),
+        "teacher_forced": {"answer_accuracy": ev.answer_accuracy,
+                           "answer_ci": list(analysis.bootstrap_ci(ev.answer_correct.astype(float))),
                            "token_accuracy": ev.token_accuracy, "n": ev.n},
     }
 
@@ -227,31 +233,35 @@ def generation_stage(checkpoints: Sequence[str], profile: Profile, device: str) 
         correct: list[float] = []
         summaries = []
         for path in checkpoints:
-            model, _ = load_checkpoint(path)
-            model.to(device)
+            model, _ = load_checkpoint(path, device)
             summary, gens = free_generation(model, examples, max_len=max_len, device=device)
             summaries.append(summary.to_dict())
-            correct += [float(g.answer == ex.answer) for g, ex in zip(gens, examples)]
+            correct += [float(ok) for ok in answer_correct(gens, examples)]
         result[split] = {"accuracy": float(np.mean(correct)), "ci": list(analysis.bootstrap_ci(np.array(correct))),
                          "n": len(correct), "per_seed": summaries}
     return result
 
 
-def _protocol_f1(halting: dict[str, Any], protocol: Protocol) -> tuple[float, str]:
-    """The halt F1 this protocol reports (over PAD for faithful, before EOS for corrected) and its name."""
-    key = "f1_over_pad" if protocol.f1_over_pad else "f1_before_eos"
-    return float(halting[key]), key
+def _num(value: float | None) -> float:
+    """A JSON number back to float (None, written for NaN, becomes NaN)."""
+    return math.nan if value is None else float(value)
+
+
+def _summary_estimate(summary: dict[str, Any], detail: str = "", **kwargs: Any) -> Estimate:
+    """A cell from a pna.analysis Summary dict (mean, ci_low, ci_high, n)."""
+    ci = (_num(summary["ci_low"]), _num(summary["ci_high"]))
+    return Estimate(_num(summary["mean"]), None if math.isnan(ci[0]) else ci, summary["n"], detail, **kwargs)
 
 
 def _r_estimate(group: dict[str, Any] | None) -> Estimate:
     """The mean-r cell of a group (pooled over seeds, with its bootstrap CI and n)."""
     if group is None:
         return Estimate(None)
-    c = group["coupling"]
     seeds = group["n_seeds"]
-    detail = f"{seeds} seed" + ("s; per-seed means " + ", ".join(f"{r:.3f}" for r in group["per_seed_r"])
-                                if seeds > 1 else "")
-    return Estimate(c["mean"], tuple(c["ci"]), c["n"], detail)
+    detail = f"{seeds} seed"
+    if seeds > 1:
+        detail += "s; per-seed means " + ", ".join(f"{_num(r):.3f}" for r in group["per_seed_r"])
+    return _summary_estimate(group["coupling"], detail)
 
 
 def first_table_cells(
@@ -263,8 +273,7 @@ def first_table_cells(
     cells = {"ssm_r": _r_estimate(ssm), "transformer_r": _r_estimate(tf), "sorting_r": _r_estimate(sorting)}
     if ssm is not None:
         lag = ssm["lag"]
-        cells["lag_tau"] = Estimate(lag["mean"], tuple(lag["ci"]), lag["n"],
-                                    f"{lag['n_censored']} censored; tau < 0: entropy collapses first")
+        cells["lag_tau"] = _summary_estimate(lag, f"{lag['n_censored']} censored; tau < 0: entropy collapses first")
         tf_acc = ssm["teacher_forced"]
         cells["teacher_forced_accuracy"] = Estimate(tf_acc["answer_accuracy"], tuple(tf_acc["answer_ci"]),
                                                     tf_acc["n"], scale=100, digits=1)
@@ -272,16 +281,18 @@ def first_table_cells(
     if gen is not None:
         cells["free_generation_accuracy"] = Estimate(gen["in_dist"]["accuracy"], tuple(gen["in_dist"]["ci"]),
                                                      gen["in_dist"]["n"], "in-distribution", scale=100, digits=1)
+    key = "f1_with_pad" if protocol.f1_over_pad else "f1"
     for arch in ARCHS:
         runs = transfer.get(f"{protocol.name}_{arch}")
         if not runs:
             continue
         for stage in ("zero_shot", "adapted"):
-            values = [_protocol_f1(r[stage], protocol)[0] for r in runs]
-            key = _protocol_f1(runs[0][stage], protocol)[1]
-            n = sum(r["n_test"] for r in runs)
+            # one run: its bootstrap CI over examples; several: the mean over runs with the runs' range
+            values = [_num(r[stage][key]) for r in runs]
+            ci = tuple(runs[0][stage][key + "_ci"]) if len(runs) == 1 else (min(values), max(values))
+            detail = f"{'F1 over PAD' if protocol.f1_over_pad else 'F1 before EOS'}; {len(runs)} run(s)"
             cells[f"transfer_{stage}_{arch}"] = Estimate(
-                float(np.mean(values)), None, n, f"{key}, {len(runs)} run(s)", scale=100, digits=1)
+                float(np.mean(values)), ci, sum(r["n_test"] for r in runs), detail, scale=100, digits=1)
     return {key: cells.get(key, Estimate(None)) for key, _ in FIRST_TABLE_ROWS}
 
 
@@ -378,15 +389,18 @@ def _plots(folder: Path, protos: Sequence[Protocol], jobs: Sequence[TrainJob]) -
     for p in protos:
         key = f"{p.name}_parity_ssm"
         ev = _pooled([load_evaluation(folder.parent / "runs", j) for j in jobs if j.name.startswith(key + "_s")])
-        paths[f"curves_{p.name}"] = str(analysis.plot_aligned_curves(
-            ev.entropy, ev.halt_logits, ev.result_pos, ev.lengths, folder / f"curves_{p.name}.png",
-            title=f"SSM parity, {p.name} protocol"))
+        series = (ev.entropy, ev.halt_logits, ev.result_pos, ev.lengths)
+        title = f"SSM parity, {p.name} protocol"
+        paths[f"curves_{p.name}"] = str(analysis.plot_aligned_curves(*series, folder / f"curves_{p.name}.png",
+                                                                     title=title))
+        xcorr = analysis.cross_correlation(*series)
         paths[f"xcorr_{p.name}"] = str(analysis.plot_cross_correlation(
-            analysis.cross_correlation(ev.entropy, ev.halt_logits, ev.result_pos, ev.lengths),
-            folder / f"xcorr_{p.name}.png", title=f"SSM parity, {p.name} protocol"))
-        paths[f"r_hist_{p.name}"] = str(analysis.plot_r_histogram(
-            analysis.coupling_summary(ev.entropy, ev.halt_logits, ev.result_pos, ev.lengths).r,
-            folder / f"r_hist_{p.name}.png", title=f"SSM parity, {p.name} protocol"))
+            xcorr.lags, xcorr.c, folder / f"xcorr_{p.name}.png",
+            c_differenced=analysis.cross_correlation(*series, differenced=True).c, title=title))
+        r = analysis.coupling(*series).r
+        if r.size:
+            paths[f"r_hist_{p.name}"] = str(analysis.plot_r_histogram(r, folder / f"r_hist_{p.name}.png",
+                                                                      title=title))
     return paths
 
 
@@ -437,41 +451,59 @@ def build_report(
     return report
 
 
+def _fmt(value: float | None, spec: str) -> str:
+    """A JSON number formatted, or "n/a" where it was undefined (None)."""
+    return "n/a" if value is None else format(value, spec)
+
+
 def _details(report: MarkdownReport, protos: Sequence[Protocol], groups: dict[str, dict[str, Any]],
              generation: dict[str, dict[str, Any]], transfer: dict[str, list[dict[str, Any]]]) -> None:
     """Second-level tables: coupling statistics, halting metrics, free generation, transfer."""
-    report.heading("Coupling and lag")
+    report.heading("Coupling and lag (teacher forced, test split, seeds pooled)")
     rows = []
     for key, g in groups.items():
-        c, lag, x = g["coupling"], g["lag"], g["xcorr"]
-        rows.append([key, c["n"], c["n_excluded"], f"{c['median']:.3f}", f"{c['std']:.3f}",
-                     f"{c['fraction_negative']:.2f}", f"{c['t_pvalue']:.2g}", f"{c['wilcoxon_pvalue']:.2g}",
-                     Estimate(lag["mean"], None, lag["n"], f"{lag['n_censored']} censored").format(),
-                     f"{x['best_lag']}"])
-    report.table(["group", "n", "excluded", "median r", "sd r", "frac r<0", "Fisher-z t p", "Wilcoxon p",
-                  "threshold lag", "xcorr extremum lag"], rows)
+        c, lag, x, xd = g["coupling"], g["lag"], g["xcorr"], g["xcorr_differenced"]
+        rows.append([key, c["n"], c["n_short"] + c["n_constant"], _fmt(c["median"], ".3f"), _fmt(c["std"], ".3f"),
+                     _fmt(c["fraction_negative"], ".2f"), _fmt(c["p_fisher_t"], ".2g"), _fmt(c["p_wilcoxon"], ".2g"),
+                     _summary_estimate(lag, f"{lag['n_censored']} censored").format(),
+                     f"{x['lag_argmin']} / {xd['lag_argmin']}"])
+    report.table(["group", "n", "excluded (rp < 5 or constant)", "median r", "sd r", "frac r<0", "Fisher-z t p",
+                  "Wilcoxon p", "threshold lag tau", "xcorr argmin lag (levels / differences)"], rows)
+    if groups:
+        first = next(iter(groups.values()))
+        report.paragraph(f"Sign conventions: {first['lag']['sign_convention']}; {first['xcorr']['sign_convention']}.")
     report.heading("Halting (teacher forced)")
-    report.table(["group", "F1 before EOS", "F1 over PAD (original)", "AUROC", "stop error", "early", "late"], [
-        [key, f"{h['f1_before_eos']:.3f}", f"{h['f1_over_pad']:.3f}", f"{h['auroc']:.3f}",
-         f"{h['mean_stop_error']:.2f}", f"{h['early_rate']:.2f}", f"{h['late_rate']:.2f}"]
+    report.table(["group", "F1 before EOS", "F1 over PAD (original)", "AUROC", "mean stop error", "early", "exact",
+                  "late", "never"], [
+        [key, _fmt(h["f1"], ".3f"), _fmt(h["f1_with_pad"], ".3f"), _fmt(h["auroc"], ".3f"),
+         _fmt(h["mean_stop_error"], ".2f"), f"{h['early_rate']:.2f}", f"{h['exact_rate']:.2f}",
+         f"{h['late_rate']:.2f}", f"{h['never_rate']:.2f}"]
         for key, g in groups.items() for h in [g["halting"]]])
-    report.heading("Free generation (parity)")
+    report.heading("Free generation (parity, greedy, stop on HALT, EOS or q > 0.95)")
     rows = []
     for key, gen in generation.items():
         for split in ("in_dist", "ood"):
             s = gen[split]
             per_seed = s["per_seed"]
+            reasons = {r: sum(x["stop_reasons"][r] for x in per_seed) for r in per_seed[0]["stop_reasons"]}
             rows.append([key, split, Estimate(s["accuracy"], tuple(s["ci"]), s["n"], scale=100, digits=1).format(),
                          f"{np.mean([x['halt_accuracy'] for x in per_seed]):.2f}",
                          f"{np.mean([x['tokens_saved'] for x in per_seed]):.1f}",
-                         f"{np.mean([x['tokens_saved_fraction'] for x in per_seed]):.2f}"])
-    report.table(["model", "split", "answer accuracy (%)", "halt accuracy", "tokens saved", "budget saved"], rows)
-    report.heading("Transfer to arithmetic chains")
+                         f"{np.mean([x['tokens_saved_fraction'] for x in per_seed]):.2f}",
+                         ", ".join(f"{r} {n}" for r, n in reasons.items())])
+    report.table(["model", "split", "answer accuracy (%)", "halt accuracy", "tokens saved", "budget saved",
+                  "stop reasons"], rows)
+    if generation:
+        ood_len = next(iter(generation.values()))["ood_max_len"]
+        report.paragraph(f"OOD: parity with {OOD_BITS[0]}-{OOD_BITS[1]} bits, decoded up to {ood_len} tokens (the "
+                         f"in-distribution budget is {PARITY_MAX_LEN}). Halt accuracy: stopped on its own halt signal "
+                         "after writing 'Result:'. Tokens saved: max length minus length at stop.")
+    report.heading("Transfer to arithmetic chains (halt head frozen, CE-only fine-tuning)")
     rows = []
     for key, runs in transfer.items():
-        for i, r in enumerate(runs):
-            rows.append([key, i, f"{r['zero_shot']['f1_before_eos']:.3f}", f"{r['zero_shot']['f1_over_pad']:.3f}",
-                         f"{r['adapted']['f1_before_eos']:.3f}", f"{r['adapted']['f1_over_pad']:.3f}",
-                         r["best_epoch"], len(r["history"])])
+        for seed, r in enumerate(runs):
+            z, a = r["zero_shot"], r["adapted"]
+            rows.append([key, seed, _fmt(z["f1"], ".3f"), _fmt(z["f1_with_pad"], ".3f"), _fmt(a["f1"], ".3f"),
+                         _fmt(a["f1_with_pad"], ".3f"), r["best_epoch"], len(r["history"]), r["n_test"]])
     report.table(["model", "seed", "zero-shot F1 (before EOS)", "zero-shot F1 (over PAD)", "adapted F1 (before EOS)",
-                  "adapted F1 (over PAD)", "best epoch", "epochs run"], rows)
+                  "adapted F1 (over PAD)", "best epoch", "epochs run", "n test"], rows)

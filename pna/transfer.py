@@ -148,7 +148,7 @@ def finetune_ce(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
-            total += float(loss)
+            total += loss.item()
             batches += 1
         val_ce = _mean_ce(model, val_loader, device)
         history.append({"epoch": epoch, "train_ce": total / max(1, batches), "val_ce": val_ce})
@@ -175,8 +175,7 @@ def run_transfer(
     device: torch.device | str = "cpu",
 ) -> TransferResult:
     """Zero-shot then adapted halt metrics of a parity checkpoint on arithmetic chains (None sizes: full splits)."""
-    model, _ = load_checkpoint(checkpoint)
-    model.to(device)
+    model, _ = load_checkpoint(checkpoint, device)
     max_len = MAX_LEN[TRANSFER_TASK]
     test = make_split(TRANSFER_TASK, "test", n=n_test)
     zero_shot = score_halting(evaluate(model, test, max_len=max_len, device=device))

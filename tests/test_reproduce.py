@@ -1,0 +1,101 @@
+"""End-to-end smoke test of `pna reproduce --quick --tiny`: the report, its first table and the figures exist,
+every stage's outputs are written, and a rerun skips the finished stages."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from pna.cli import main
+from pna.models import build_model
+from pna.paper import ROW_KEYS, paper_number
+from pna.report import NOT_RUN, Estimate
+from pna.reproduce import FIRST_TABLE_ROWS, TINY
+from pna.tasks import MAX_LEN, make_split
+from pna.tokenizer import TOKENIZER
+from pna.transfer import finetune_ce, freeze_halt_head
+
+
+def _first_table(report: str) -> list[list[str]]:
+    """Rows (cells) of the first Markdown table in the report."""
+    lines = report.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| "))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split(" | ")])
+    return rows
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("reproduce")
+    assert main(["reproduce", "--quick", "--tiny", "--out", str(out)]) == 0
+    return out
+
+
+def test_report_has_every_first_table_row(tiny_run: Path) -> None:
+    report = (tiny_run / "report.md").read_text(encoding="utf-8")
+    rows = _first_table(report)
+    assert [row[0] for row in rows] == [label for _, label in FIRST_TABLE_ROWS]
+    assert [key for key, _ in FIRST_TABLE_ROWS] == list(ROW_KEYS)
+    for row in rows:
+        assert len(row) == 4
+        # every cell of both of our columns is measured: it carries an n (no "not run" in this mode)
+        assert "n=" in row[2] and "n=" in row[3], row
+    for reduction in TINY.reductions:
+        assert reduction in report
+
+
+def test_figures_and_stage_outputs_exist(tiny_run: Path) -> None:
+    pngs = sorted((tiny_run / "plots").glob("*.png")) + sorted((tiny_run / "sweep").glob("*.png"))
+    names = {p.stem.rsplit("_", 1)[0] for p in pngs}
+    assert {"curves", "xcorr", "r_hist", "sweep_mean", "sweep"} <= names
+    assert all(p.stat().st_size > 1000 for p in pngs)
+    report = (tiny_run / "report.md").read_text(encoding="utf-8")
+    for png in pngs:
+        assert str(png.relative_to(tiny_run)) in report
+    for stage in ("analysis", "generation", "transfer"):
+        files = list((tiny_run / stage).glob("*.json"))
+        assert files and all(json.loads(f.read_text()) for f in files), stage
+
+
+def test_rerun_skips_finished_stages(tiny_run: Path) -> None:
+    before = {p: p.stat().st_mtime_ns for p in tiny_run.rglob("result.json")}
+    assert main(["reproduce", "--quick", "--tiny", "--out", str(tiny_run)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in tiny_run.rglob("result.json")} == before
+
+
+def test_estimate_formats_value_ci_n_and_missing() -> None:
+    assert Estimate(-0.8123, (-0.83, -0.79), 791, "1 seed").format() == "-0.812 [-0.830, -0.790] (n=791; 1 seed)"
+    assert Estimate(0.5, None, 10, scale=100, digits=1).format() == "50.0 (n=10)"
+    assert Estimate(math.nan, (math.nan, math.nan), 0).format() == "undefined (n=0)"
+    assert Estimate(None).format() == NOT_RUN
+
+
+def test_every_paper_row_has_a_note() -> None:
+    for key in ROW_KEYS:
+        number = paper_number(key)
+        assert number.text and number.note
+    with pytest.raises(ValueError, match="key"):
+        paper_number("no_such_row")
+
+
+def test_finetuning_keeps_the_frozen_halt_head(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_model("ssm", TOKENIZER.vocab_size, d_model=16, n_layers=1, d_state=4)
+    frozen = freeze_halt_head(model)
+    assert frozen == [name for name, _ in model.named_parameters() if "halt" in name] and frozen
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    examples = make_split("arithmetic", "train", n=16)
+    history, best_epoch = finetune_ce(model, examples, examples, max_len=MAX_LEN["arithmetic"], lr=1e-2,
+                                      max_epochs=2, patience=1, batch_size=8)
+    # validating on the training examples with a large lr, the first epoch must improve on the start
+    assert 1 <= len(history) <= 2 and best_epoch >= 1
+    after = dict(model.named_parameters())
+    assert all(torch.equal(before[name], after[name]) for name in frozen)
+    assert any(not torch.equal(before[n], after[n]) for n in before if n not in frozen)
