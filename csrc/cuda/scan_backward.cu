@@ -19,9 +19,10 @@
 namespace pna_cuda {
 namespace {
 
-// Steps between flushes of the block's dB/dC sums to global memory (divides kChunk); bounds their shared memory.
-constexpr int kFlush = 8;
-static_assert(kChunk % kFlush == 0, "kFlush must divide kChunk");
+// Steps between flushes of the block's dB/dC sums to global memory (divides kChunk). It bounds their shared
+// memory, 2 * kWarps * N * flush floats: 4 for N > 128 keeps the whole block under an A100's 163 KiB.
+__host__ __device__ constexpr int flush_steps(int npt) { return npt >= 8 ? 4 : 8; }
+static_assert(kChunk % flush_steps(1) == 0 && kChunk % flush_steps(8) == 0, "a flush must divide kChunk");
 
 struct BackwardParams {
   Shape s;
@@ -59,13 +60,14 @@ size_t backward_shared_bytes(const Layout& l, int dstate) {
   const size_t states = static_cast<size_t>(kChunk + 1) * l.npt * kThreads;
   const size_t channels = static_cast<size_t>(kChannelArrays * l.cpb + 2 * dstate) * (kChunk + 1);
   const size_t tokens = 3 * kChunk;
-  const size_t bc_sums = 2 * static_cast<size_t>(kWarps) * dstate * kFlush;
+  const size_t bc_sums = 2 * static_cast<size_t>(kWarps) * dstate * flush_steps(l.npt);
   return sizeof(float) * (states + channels + tokens + bc_sums);
 }
 
 template <typename T, int NPT>
 __global__ void __launch_bounds__(kThreads) scan_backward_kernel(BackwardParams p) {
   constexpr int W = kChunk + 1;
+  constexpr int kFlush = flush_steps(NPT);
   extern __shared__ float smem[];
   const Shape& s = p.s;
   const BlockPos pos = block_pos(s);
