@@ -252,13 +252,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loss-mode", choices=["corrected", "faithful"], default="corrected")
     parser.add_argument("--workers", type=int, default=1, help="parallel worker processes")
     parser.add_argument("--n-test", type=int, default=None, help="test examples per run (default: all)")
+    parser.add_argument("--tiny", action="store_true", help="the trainer's tiny models (smoke tests, CPU)")
+    parser.add_argument("--max-epochs", type=int, default=None, help="override the trainer's max_epochs")
+    parser.add_argument("--device", default="auto", help="training device (default: cuda if available)")
 
 
 def run(args: argparse.Namespace) -> int:
     """`pna sweep`: run the grid and print where the cell JSONs and heatmaps are."""
     if args.workers < 1:
         raise SystemExit("pna sweep: error: --workers must be >= 1")
+    overrides: dict[str, Any] = {"tiny": args.tiny, "device": args.device, "quiet": args.workers > 1}
+    if args.max_epochs is not None:
+        overrides["max_epochs"] = args.max_epochs
     result = run_sweep(args.out, args.alphas, args.betas, args.seeds, workers=args.workers, task=args.task,
-                       arch=args.arch, loss_mode=args.loss_mode, n_test=args.n_test)
+                       arch=args.arch, loss_mode=args.loss_mode, train_overrides=overrides, n_test=args.n_test)
     print(json.dumps(result.to_dict(), indent=2))
     return 0
