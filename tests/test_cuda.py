@@ -1,0 +1,257 @@
+"""The CUDA backend (csrc/cuda) against the float64 oracle on a GPU; the compiled Triton kernels at a realistic size.
+
+Everything here needs a CUDA device and skips without one. On a GPU machine the extension must build: a failed
+build fails test_extension_builds with the compiler's message. Run with TRITON_INTERPRET=0 (bench/gpu_suite.sh
+does) so that the Triton tests use compiled kernels rather than the interpreter conftest.py selects by default.
+
+The shapes are chosen against the kernels' layout (csrc/cuda/scan_common.cuh): a block holds 32 channels for
+N = 4, 8 for N = 16 and 4 for N >= 32, never straddling a group, so D per group = 40, 6, 3 leaves the last block
+partly empty; L = 37, 150, 5 is not a multiple of the 16-step chunk, 150 spans several forward tiles, and 5 is less
+than one chunk.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pna_kernels
+from pna_kernels import cuda as cuda_backend
+from pna_kernels import reference
+from pna_kernels.reference import selective_state_update_ref
+from pna_kernels.testing import RTOL, assert_close_rel, random_scan_inputs
+from pna_kernels.validation import check_scan_inputs
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+OUTPUTS = ("out", "entropy", "halt_logits", "last_state")
+COMPILED_TRITON = os.environ.get("TRITON_INTERPRET") != "1"
+
+
+def make_inputs(batch: int, dim: int, length: int, dstate: int, groups: int, grouped: bool, with_z: bool,
+                with_init: bool, softplus: bool, dtype: torch.dtype = torch.float32) -> dict:
+    """random_scan_inputs on the GPU, with positive deltas when the op does not apply softplus itself."""
+    x = random_scan_inputs(batch, dim, length, dstate, groups=groups, dtype=dtype, device="cuda",
+                           seed=length + dim + dstate, with_z=with_z, with_initial_state=with_init,
+                           grouped_bc=grouped)
+    if not softplus:
+        x["delta"] = F.softplus(x["delta"].double()).to(dtype)
+    return x
+
+
+def cotangents(batch: int, dim: int, length: int, dstate: int) -> tuple:
+    """Random weights for out, entropy, halt_logits and last_state in the scalar loss."""
+    gen = torch.Generator().manual_seed(7)
+    shapes = ((batch, dim, length), (batch, length), (batch, length), (batch, dim, dstate))
+    return tuple(torch.randn(*s, generator=gen, dtype=torch.float64).cuda() for s in shapes)
+
+
+def scan_with_grads(x: dict, softplus: bool, cot: tuple, backend: str) -> tuple[dict, dict]:
+    """Outputs of pna_kernels.selective_scan and the gradients of sum(output * cotangent) for every given input."""
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in x.items() if v is not None}
+    res = pna_kernels.selective_scan(
+        leaves["u"], leaves["delta"], leaves["A"], leaves["B"], leaves["C"], leaves["D"], leaves.get("z"),
+        leaves["delta_bias"], softplus, True, halt_weight=leaves["halt_weight"], halt_bias=leaves["halt_bias"],
+        initial_state=leaves.get("initial_state"), backend=backend,
+    )
+    grads = torch.autograd.grad(tuple(res), tuple(leaves.values()), tuple(c.to(r.dtype) for c, r in zip(cot, res)))
+    return dict(zip(OUTPUTS, res)), dict(zip(leaves, grads))
+
+
+def assert_matches_oracle(x: dict, softplus: bool, rtol: float, backend: str = "cuda") -> None:
+    """Every output and every input gradient of `backend` within rtol of the float64 oracle on the same inputs."""
+    batch, dim, length = x["u"].shape
+    cot = cotangents(batch, dim, length, x["A"].shape[1])
+    got_out, got_grad = scan_with_grads(x, softplus, cot, backend)
+    x64 = {k: None if v is None else v.double() for k, v in x.items()}
+    want_out, want_grad = scan_with_grads(x64, softplus, cot, "reference")
+    for name in OUTPUTS:
+        assert_close_rel(name, got_out[name], want_out[name], rtol)
+    assert got_out["out"].dtype == x["u"].dtype
+    assert set(got_grad) == set(want_grad)
+    for name, want in want_grad.items():
+        assert got_grad[name].dtype == x[name].dtype, f"d{name}: dtype {got_grad[name].dtype}"
+        assert_close_rel(f"d{name}", got_grad[name], want, rtol)
+
+
+def test_extension_builds():
+    reason = cuda_backend.supports(torch.device("cuda"), torch.float32, 16)
+    assert reason is None, reason
+    assert "cuda" in pna_kernels.available_backends("cuda")
+
+
+# batch, D, L, N, groups, grouped B/C, z, initial_state, softplus
+SHAPES = [
+    (2, 40, 37, 4, 1, False, True, True, True),
+    (2, 12, 150, 16, 2, True, True, False, False),
+    (1, 6, 5, 16, 1, True, False, True, True),
+    (2, 6, 37, 64, 2, True, False, False, True),
+    (1, 6, 21, 256, 2, True, True, True, False),
+    (3, 24, 70, 16, 1, False, False, True, False),
+]
+
+
+@pytest.mark.parametrize("batch,dim,length,dstate,groups,grouped,with_z,with_init,softplus", SHAPES)
+def test_float32_matches_oracle(batch, dim, length, dstate, groups, grouped, with_z, with_init, softplus):
+    x = make_inputs(batch, dim, length, dstate, groups, grouped, with_z, with_init, softplus)
+    assert_matches_oracle(x, softplus, RTOL[torch.float32])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("dstate", [16, 64])
+def test_low_precision_inputs_match_oracle(dtype, dstate):
+    x = make_inputs(2, 12, 53, dstate, 2, True, True, True, True, dtype=dtype)
+    assert_matches_oracle(x, True, RTOL[dtype])
+
+
+def test_all_zero_states_have_zero_entropy_and_gradient():
+    x = make_inputs(2, 12, 40, 16, 2, True, True, False, True)
+    x["u"][:, :, :20] = 0.0  # no initial state: h_t = 0 for 20 steps, across a chunk boundary
+    assert_matches_oracle(x, True, RTOL[torch.float32])
+    res = pna_kernels.selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], backend="cuda")
+    assert torch.equal(res.entropy[:, :20], torch.zeros(2, 20, device="cuda"))
+
+
+def poison_cuda_cache() -> None:
+    """Leave NaN-filled blocks in torch's CUDA caching allocator, so that outputs the kernels allocate (in the C++
+    binding, out of reach of a torch.empty patch) hold NaN wherever a kernel fails to write."""
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    large = torch.full((64 * 2**20,), math.nan, device="cuda")  # 256 MiB: one segment that large requests split
+    small = [torch.full((2**17,), math.nan, device="cuda") for _ in range(64)]  # 512 KiB blocks of the small pool
+    del large, small
+    assert torch.isnan(torch.empty(1000, device="cuda")).all()
+    assert torch.isnan(torch.empty(4 * 2**20, device="cuda")).all()
+
+
+def test_every_output_element_is_written():
+    x = make_inputs(2, 12, 37, 16, 2, True, True, True, True)
+    args = check_scan_inputs(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True,
+                             x["halt_weight"], x["halt_bias"], x["initial_state"])
+    canonical = (args.u, args.delta, args.A, args.B, args.C, args.D, args.z, args.delta_bias, args.halt_weight,
+                 args.halt_bias, args.initial_state)
+    chunk = cuda_backend.CHUNK_SIZE
+    want = reference.scan_forward(*(None if t is None else t.double() for t in canonical), True, chunk)
+    cot = cotangents(2, 12, 37, 16)
+    want_grads = reference.scan_backward(*cot, *(None if t is None else t.double() for t in canonical),
+                                         want[4], want[5], True, chunk)
+
+    poison_cuda_cache()
+    got = cuda_backend.scan_forward(*canonical, True, chunk)
+    for name, g, w in zip(OUTPUTS + ("checkpoints", "entropy_sums"), got, want):
+        assert_close_rel(name, g, w, RTOL[torch.float32])
+    poison_cuda_cache()
+    got_grads = cuda_backend.scan_backward(cot[0].float(), cot[1].float(), cot[2].float(), cot[3].float(),
+                                           *canonical, got[4], got[5], True, chunk)
+    names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "halt_weight", "halt_bias", "initial_state")
+    for name, g, w in zip(names, got_grads, want_grads):
+        assert_close_rel(f"d{name}", g, w, RTOL[torch.float32])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_repeated_runs_are_bitwise_equal(dtype):
+    x = make_inputs(2, 48, 150, 16, 2, True, True, True, True, dtype=dtype)
+    cot = cotangents(2, 48, 150, 16)
+    first_out, first_grad = scan_with_grads(x, True, cot, "cuda")
+    second_out, second_grad = scan_with_grads(x, True, cot, "cuda")
+    for name in OUTPUTS:
+        assert torch.equal(first_out[name], second_out[name]), name
+    for name in first_grad:
+        assert torch.equal(first_grad[name], second_grad[name]), f"d{name}"
+
+
+def decode_inputs(x: dict, t: int) -> dict:
+    """Step t of scan inputs in the decode layout: x, dt, z (batch, D); B, C (batch, G, N)."""
+    return {"x": x["u"][..., t], "dt": x["delta"][..., t], "z": None if x["z"] is None else x["z"][..., t],
+            "B": x["B"][..., t], "C": x["C"][..., t]}
+
+
+@pytest.mark.parametrize("dstate,groups,with_z,softplus",
+                         [(4, 2, True, True), (16, 1, False, False), (256, 2, True, True)])
+def test_state_update_matches_oracle(dstate, groups, with_z, softplus):
+    x = make_inputs(2, 12, 1, dstate, groups, True, with_z, True, softplus)
+    step = decode_inputs(x, 0)
+    state = x["initial_state"].clone()
+    state64 = x["initial_state"].double()
+    poison_cuda_cache()
+    got = pna_kernels.selective_state_update(
+        state, step["x"], step["dt"], x["A"], step["B"], step["C"], x["D"], step["z"], x["delta_bias"], softplus,
+        halt_weight=x["halt_weight"], halt_bias=x["halt_bias"], backend="cuda",
+    )
+    want = selective_state_update_ref(
+        state64, step["x"].double(), step["dt"].double(), x["A"].double(), step["B"].double(), step["C"].double(),
+        x["D"].double(), None if step["z"] is None else step["z"].double(), x["delta_bias"].double(), softplus,
+        x["halt_weight"].double(), x["halt_bias"].double(),
+    )
+    for name, g, w in zip(("y", "entropy", "halt_logits"), got, want):
+        assert_close_rel(name, g, w, RTOL[torch.float32])
+    assert_close_rel("state", state, state64, RTOL[torch.float32])
+
+
+def test_decode_loop_equals_full_scan():
+    steps = 19
+    x = make_inputs(2, 12, steps, 16, 2, True, True, True, True, dtype=torch.bfloat16)
+    full = pna_kernels.selective_scan(
+        x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True, True,
+        halt_weight=x["halt_weight"], halt_bias=x["halt_bias"], initial_state=x["initial_state"], backend="cuda",
+    )
+    state = x["initial_state"].clone()
+    ys, entropies, halts = [], [], []
+    for t in range(steps):
+        step = decode_inputs(x, t)
+        y, entropy, halt = pna_kernels.selective_state_update(
+            state, step["x"], step["dt"], x["A"], step["B"], step["C"], x["D"], step["z"], x["delta_bias"], True,
+            halt_weight=x["halt_weight"], halt_bias=x["halt_bias"], backend="cuda",
+        )
+        ys.append(y)
+        entropies.append(entropy)
+        halts.append(halt)
+    assert_close_rel("out", torch.stack(ys, -1).float(), full.out.float(), RTOL[torch.bfloat16])
+    assert_close_rel("entropy", torch.stack(entropies, -1), full.entropy, RTOL[torch.float32])
+    assert_close_rel("halt_logits", torch.stack(halts, -1), full.halt_logits, RTOL[torch.float32])
+    assert_close_rel("last_state", state, full.last_state, RTOL[torch.float32])
+
+
+def test_kernel_errors_raise_with_the_message():
+    x = make_inputs(1, 4, 5, 4, 1, True, False, True, True)
+    a = check_scan_inputs(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True,
+                          x["halt_weight"], x["halt_bias"], x["initial_state"])
+    inputs = (a.u, a.delta, a.A, a.B, a.C, a.D, a.z, a.delta_bias, a.halt_weight, a.halt_bias, a.initial_state)
+    with pytest.raises(RuntimeError, match="chunk_size"):
+        cuda_backend.scan_forward(*inputs, True, cuda_backend.CHUNK_SIZE * 2)
+    batch = 65536  # one more than the grid's y dimension holds: the launcher refuses it
+    big = make_inputs(batch, 1, 1, 1, 1, True, False, True, True)
+    b = check_scan_inputs(big["u"], big["delta"], big["A"], big["B"], big["C"], big["D"], None, big["delta_bias"],
+                          True, big["halt_weight"], big["halt_bias"], big["initial_state"])
+    with pytest.raises(RuntimeError, match="65535"):
+        cuda_backend.scan_forward(b.u, b.delta, b.A, b.B, b.C, b.D, None, b.delta_bias, b.halt_weight, b.halt_bias,
+                                  b.initial_state, True, cuda_backend.CHUNK_SIZE)
+
+
+def test_auto_picks_cuda_and_opcheck_passes():
+    x = make_inputs(2, 12, 21, 16, 2, True, True, True, True)
+    assert pna_kernels.backends.resolve_backend("auto", x["u"].device, x["u"].dtype, 16) == "cuda"
+    a = check_scan_inputs(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True,
+                          x["halt_weight"], x["halt_bias"], x["initial_state"])
+    inputs = (a.u, a.delta, a.A, a.B, a.C, a.D, a.z, a.delta_bias, a.halt_weight, a.halt_bias, a.initial_state)
+    chunk = cuda_backend.CHUNK_SIZE
+    torch.library.opcheck(torch.ops.pna.selective_scan_fwd, (*inputs, True, "cuda", chunk))
+    out, entropy, halt, last, checkpoints, sums = torch.ops.pna.selective_scan_fwd(*inputs, True, "cuda", chunk)
+    grads = tuple(g.to(t.dtype) for g, t in zip(cotangents(2, 12, 21, 16), (out, entropy, halt, last)))
+    torch.library.opcheck(torch.ops.pna.selective_scan_bwd, (*grads, *inputs, checkpoints, sums, True, "cuda", chunk))
+
+
+# The realistic size the CPU suite cannot run: batch 2, L 2048, D 256, N 16, both fused GPU backends.
+REALISTIC = (2, 256, 2048, 16, 1, False, True, True, True)
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_realistic_size_matches_oracle(backend, dtype):
+    if backend == "triton" and not COMPILED_TRITON:
+        pytest.skip("set TRITON_INTERPRET=0 to test the compiled Triton kernels")
+    x = make_inputs(*REALISTIC, dtype=dtype)
+    assert_matches_oracle(x, True, RTOL[dtype], backend)
