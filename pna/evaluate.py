@@ -114,7 +114,7 @@ def evaluate(
         rp = batch["result_pos"].to(device)
         halt_pos = _first_index(ids, TOKENIZER.halt_id)
         positions = torch.arange(ids.shape[1], device=device).unsqueeze(0)
-        # logits at position p predict ids[p + 1]: the answer tokens rp+1 .. halt_pos-1 are predicted at rp .. halt_pos-2
+        # logits at p predict ids[p + 1]: answer tokens rp+1 .. halt_pos-1 are predicted at rp .. halt_pos-2
         in_answer = (positions >= rp.unsqueeze(1)) & (positions < halt_pos.unsqueeze(1) - 1)
         answer_ok = ((hit | ~in_answer).all(dim=1)) & (halt_pos > rp)
         parts["entropy"].append(out.entropy.float().cpu().numpy())

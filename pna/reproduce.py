@@ -35,7 +35,7 @@ from pna.evaluate import Evaluation
 from pna.generate import answer_correct, free_generation
 from pna.paper import paper_number
 from pna.report import NOT_RUN, Estimate, MarkdownReport
-from pna.sweep import TrainJob, load_evaluation, run_jobs, run_sweep
+from pna.sweep import SweepResult, TrainJob, load_evaluation, run_jobs, run_sweep
 from pna.tasks import make_split
 from pna.train import TINY_MODEL, load_checkpoint
 from pna.transfer import run_transfer
@@ -116,8 +116,8 @@ QUICK = Profile(
     transfer={"n_train": 500, "n_val": 100, "n_test": 200, "max_epochs": 3, "patience": 2}, transfer_seeds=1,
     sweep_alphas=(0.0, 0.5), sweep_betas=(0.0, 0.4), sweep_seeds=(0,), workers=2,
     reductions=(
-        "tiny models (the trainer's --tiny sizes: "
-        + "; ".join(f"{arch} {sizes}" for arch, sizes in TINY_MODEL.items()) + ") instead of the paper's ~5M parameters",
+        "tiny models (the trainer's --tiny sizes: " + "; ".join(f"{arch} {sizes}" for arch, sizes in TINY_MODEL.items())
+        + ") instead of the paper's ~5M parameters",
         "1500 training / 200 validation examples per run instead of 8000 / 1000; at most 3 epochs, patience 2; "
         "lr 3e-3 with 20 warmup steps instead of 3e-4 with 100 (short runs of small models)",
         "200 test examples per run instead of 1000",
@@ -290,7 +290,8 @@ def first_table_cells(
             # one run: its bootstrap CI over examples; several: the mean over runs with the runs' range
             values = [_num(r[stage][key]) for r in runs]
             ci = tuple(runs[0][stage][key + "_ci"]) if len(runs) == 1 else (min(values), max(values))
-            detail = f"{'F1 over PAD' if protocol.f1_over_pad else 'F1 before EOS'}; {len(runs)} run(s)"
+            detail = f"{'F1 over PAD' if protocol.f1_over_pad else 'F1 before EOS'}; " + (
+                "1 run" if len(runs) == 1 else f"mean of {len(runs)} runs, brackets: their range; n summed over runs")
             cells[f"transfer_{stage}_{arch}"] = Estimate(
                 float(np.mean(values)), ci, sum(r["n_test"] for r in runs), detail, scale=100, digits=1)
     return {key: cells.get(key, Estimate(None)) for key, _ in FIRST_TABLE_ROWS}
@@ -406,7 +407,7 @@ def _plots(folder: Path, protos: Sequence[Protocol], jobs: Sequence[TrainJob]) -
 
 def build_report(
     profile: Profile, protos: Sequence[Protocol], args: argparse.Namespace, groups: dict[str, dict[str, Any]],
-    generation: dict[str, dict[str, Any]], transfer: dict[str, list[dict[str, Any]]], sweep: Any,
+    generation: dict[str, dict[str, Any]], transfer: dict[str, list[dict[str, Any]]], sweep: SweepResult | None,
     plots: dict[str, str], results: dict[str, dict[str, Any]], timings: dict[str, float],
 ) -> MarkdownReport:
     """The Markdown report: the side-by-side table first, then details, sweep, figures and the runs."""
@@ -423,7 +424,8 @@ def build_report(
     report.table(["Quantity", "Paper", "Faithful reproduction", "Corrected protocol"], rows)
     report.heading("Protocols")
     report.bullets([f"**{p.name}**: {p.description}" for p in protos])
-    report.bullets([f"**Paper, {paper_number(k).key}**: {paper_number(k).note}" for k, _ in FIRST_TABLE_ROWS])
+    report.heading("What the paper's numbers measured")
+    report.bullets([f"**{label}**: {paper_number(key).note}" for key, label in FIRST_TABLE_ROWS])
     if profile.reductions:
         report.heading(f"What the {profile.name} mode reduced")
         report.bullets(list(profile.reductions))
