@@ -2,11 +2,23 @@
 checkpoints that resume exactly, bf16 autocast on CUDA and distributed data parallel under torchrun.
 
     cfg = TrainConfig(task="parity", arch="ssm", alpha=0.05, beta=0.1, seed=0, out_dir="runs/x")
-    result = train(cfg)                 # result.best_checkpoint, result.history, result.best_val
+    result = train(cfg)                 # result.best_checkpoint, result.history, result.best_val, result.model
     model, cfg = load_checkpoint(result.best_checkpoint)
 
 Files in out_dir: config.json, metrics.jsonl (one line per epoch), last.pt (everything needed to resume),
-best.pt (the weights with the lowest validation loss, and the config).
+best.pt (the weights with the lowest validation loss, and the config). Calling train() again with the same
+out_dir and config resumes from last.pt; a finished run returns at once.
+
+Determinism: python, numpy and torch are seeded from cfg.seed before the model is built, the data order of an
+epoch depends only on (seed, epoch), and last.pt holds every generator's state, so on a CPU a run interrupted
+after any epoch and resumed ends with bitwise the same weights as an uninterrupted one. On the CPU, train() sets
+torch.set_flush_denormal(True) for the process: once gradients get small, denormal arithmetic otherwise makes
+training several times slower.
+
+Distributed: under torchrun (WORLD_SIZE > 1) the process group is initialised here (nccl on CUDA, gloo on the
+CPU) and left for the launcher's processes to end with; each rank trains on its DistributedSampler shard, every
+rank evaluates the whole validation split and rank 0's metrics decide early stopping for all; only rank 0
+writes files and prints. Resume a distributed run with the same number of processes.
 """
 from __future__ import annotations
 
@@ -23,11 +35,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from pna import checkpoint
 from pna.loss import LOSS_MODES, thermodynamic_loss
 from pna.models import ARCHS, VARIANTS, build_model
-from pna.tasks import MAX_LEN, TASKS, make_loader, make_split
+from pna.tasks import MAX_LEN, TASKS, Example, make_loader, make_split
 from pna.tokenizer import TOKENIZER
 
 # Model sizes of --tiny runs (smoke tests and the CPU-sized reproduction).
@@ -35,13 +49,22 @@ TINY_MODEL = {
     "ssm": {"d_model": 64, "n_layers": 2, "d_state": 16},
     "transformer": {"d_model": 64, "n_layers": 2, "n_heads": 4},
 }
+# Split sizes of --tiny runs whose n_train / n_val are not given.
+TINY_SPLITS = {"n_train": 512, "n_val": 128}
+# Config fields a resumed run may change: where it runs, how verbosely, and where this invocation stops.
+NOT_RUN_DEFINING = ("device", "quiet", "stop_after_epoch")
 
 
 @dataclass
 class TrainConfig:
-    """Everything one training run depends on (paper defaults). model: overrides of the model config;
-    task_kwargs: generator options of the train and val splits (e.g. {"parity_share": 1.0, "max_bits": 4});
-    stop_after_epoch: end this invocation after that epoch (a later call with the same out_dir resumes)."""
+    """Everything one training run depends on (defaults: the paper's recipe on the paper-sized models).
+
+    model: overrides of the model config (see pna.models.build_model); tiny: the TINY_MODEL sizes (under
+    `model`) and TINY_SPLITS where n_train / n_val are None; n_train / n_val: split sizes (None: the full 8000 /
+    1000); task_kwargs: generator options of the train and val splits (e.g. {"parity_share": 1.0,
+    "max_bits": 4}); device: "auto" (CUDA if available), "cpu", "cuda", "cuda:1", ...; bf16: autocast to
+    bfloat16 on CUDA; stop_after_epoch: end this invocation after that epoch (a later call resumes).
+    """
 
     task: str = "parity"
     arch: str = "ssm"
@@ -74,23 +97,37 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: expected one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("alpha", "beta", "gamma", "weight_decay", "grad_clip"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name}: expected a non-negative number, got {getattr(self, name)}")
-        for name in ("batch_size", "max_epochs", "patience"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr: expected a positive number, got {self.lr}")
         if self.arch == "transformer" and self.variant != "default":
             raise ValueError("variant: the Transformer has only the 'default' variant")
+        for name in ("alpha", "beta", "gamma", "weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr: expected a finite number > 0, got {self.lr!r}")
+        for name in ("batch_size", "max_epochs", "patience", "n_train", "n_val", "stop_after_epoch"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+        if not (isinstance(self.warmup_steps, int) and self.warmup_steps >= 0):
+            raise ValueError(f"warmup_steps: expected an integer >= 0, got {self.warmup_steps!r}")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError):
+                raise ValueError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:<index>', got {self.device!r}") from None
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
-        """Read a JSON or TOML file of TrainConfig fields; keyword overrides win over the file."""
+        """Read a JSON or TOML (.toml) file of TrainConfig fields; keyword overrides win over the file."""
         path = Path(path)
-        text = path.read_text(encoding="utf-8")
-        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        try:
+            text = path.read_text(encoding="utf-8")
+            data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ValueError(f"config: cannot read {path}: {exc}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"config: {path} must hold a table / object of TrainConfig fields")
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"config: unknown fields {sorted(unknown)} in {path}")
@@ -100,11 +137,18 @@ class TrainConfig:
         """Model config overrides: the tiny sizes if tiny, then `model`."""
         return {**(TINY_MODEL[self.arch] if self.tiny else {}), **self.model}
 
+    def split_sizes(self) -> tuple[int | None, int | None]:
+        """(n_train, n_val) to draw: as given, else TINY_SPLITS when tiny, else None (the full splits)."""
+        if not self.tiny:
+            return self.n_train, self.n_val
+        return (TINY_SPLITS["n_train"] if self.n_train is None else self.n_train,
+                TINY_SPLITS["n_val"] if self.n_val is None else self.n_val)
+
 
 @dataclass
 class TrainResult:
-    """What train() returns: the best checkpoint, one metrics dict per epoch, the best validation metrics and
-    the trained model (with the best weights loaded)."""
+    """What train() returns: best.pt's path, one metrics dict per epoch (train_loss, lr and the val_* metrics of
+    evaluate_metrics), the best epoch's metrics and the model holding the best epoch's weights."""
 
     best_checkpoint: Path
     history: list[dict[str, float]]
@@ -113,56 +157,67 @@ class TrainResult:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (CPU and CUDA)."""
+    """Seed python, numpy and torch (CPU and every CUDA device)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
 def resolve_device(device: str) -> torch.device:
-    """'auto' -> cuda if available else cpu; anything else as given."""
+    """'auto' -> cuda if available else cpu; anything else as given (ValueError if it is CUDA and there is none)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: {device!r} requested but CUDA is not available")
     return torch.device(device)
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
-    """Learning-rate factor: linear warmup over `warmup` steps, then cosine decay to 0 at `total`."""
+    """Learning-rate factor of optimizer step `step`: linear warmup over `warmup` steps, then cosine decay to 0
+    at `total`."""
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _prediction_counts(logits: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Per-batch counts: trace tokens (targets after the input segment, the predictable part) right / scored,
-    examples whose every answer token is right, halt decisions right at positions labelled 0 or 1."""
+def _batch_counts(logits: Tensor, halt_logits: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Counts of one batch behind evaluate_metrics' accuracies (see there)."""
     ids, targets = batch["input_ids"], batch["targets"]
     pred = logits.argmax(-1)
-    positions = torch.arange(ids.shape[1], device=ids.device)
+    hit = pred == targets
+    scored = targets != -100
+    positions = torch.arange(ids.shape[1], device=ids.device)[None]
     space = TOKENIZER.encode(" ")[0]
-    after_input = torch.where(ids == space, positions, ids.shape[1]).min(dim=1).values  # first space
-    scored = (targets != -100) & (positions[None] >= after_input[:, None])
-    correct = (pred == targets) & scored
-    answer = (positions[None] >= batch["result_pos"][:, None]) & (targets != -100)
-    answer &= torch.cumsum((ids == TOKENIZER.halt_id).long(), dim=1) == 0  # up to the token before HALT
-    answer_ok = ((pred == targets) | ~answer).all(dim=1)
-    return {"trace_correct": correct.sum(), "trace_total": scored.sum(), "answer_correct": answer_ok.sum(),
-            "examples": torch.tensor(ids.shape[0], device=ids.device)}
-
-
-def _halt_counts(halt_logits: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    first_space = torch.where(ids == space, positions, ids.shape[1]).min(dim=1).values[:, None]
+    trace = scored & (positions >= first_space)
+    halt_pos = torch.where(ids == TOKENIZER.halt_id, positions, ids.shape[1]).min(dim=1).values[:, None]
+    # logits at p predict ids[p + 1]: the answer tokens rp+1 .. HALT-1 are predicted at rp .. HALT-2
+    answer = (positions >= batch["result_pos"][:, None]) & (positions < halt_pos - 1)
     labels, mask = batch["halt_labels"], batch["halt_mask"]
     decided = mask & ((labels == 0) | (labels == 1))
-    right = ((halt_logits > 0) == (labels == 1)) & decided
-    return {"halt_correct": right.sum(), "halt_total": decided.sum()}
+    says_halt, should_halt = halt_logits > 0, labels == 1
+    return {
+        "token_correct": (hit & scored).sum(), "token_total": scored.sum(),
+        "trace_correct": (hit & trace).sum(), "trace_total": trace.sum(),
+        "answer_correct": (hit | ~answer).all(dim=1).sum(), "examples": torch.tensor(ids.shape[0]),
+        "halt_correct": ((says_halt == should_halt) & decided).sum(), "halt_total": decided.sum(),
+        "halt_tp": (says_halt & should_halt & decided).sum(),
+        "halt_fp": (says_halt & ~should_halt & decided).sum(),
+        "halt_fn": (~says_halt & should_halt & decided).sum(),
+    }
 
 
 @torch.no_grad()
-def evaluate_loss(model: nn.Module, loader, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
-    """Mean loss parts (weighted by batch) and accuracies over a loader."""
+def evaluate_metrics(model: nn.Module, loader: DataLoader, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
+    """Teacher-forced metrics of a model over a loader.
+
+    loss_total / loss_ce / loss_energy / loss_bce / loss_entropy: thermodynamic_loss parts, mean over batches;
+    token_accuracy: next-token hits over every target; trace_accuracy: over the targets after the input (from the
+    first space on: the trace, "Result:", the answer, HALT, EOS; everything there follows from the input);
+    answer_accuracy: examples whose every answer token is right; halt_accuracy and halt_f1: halt logit > 0 against
+    the halt labels at the positions labelled 0 or 1 inside halt_mask (the 0.5 positions are left out).
+    """
     model.eval()
     sums: dict[str, float] = {}
     batches = 0
@@ -172,18 +227,19 @@ def evaluate_loss(model: nn.Module, loader, cfg: TrainConfig, device: torch.devi
             out = model(batch["input_ids"])
         _, parts = thermodynamic_loss(out.logits, out.halt_logits, out.entropy, batch, cfg.alpha, cfg.beta,
                                       cfg.gamma, cfg.loss_mode)
-        counts = {**_prediction_counts(out.logits, batch), **_halt_counts(out.halt_logits, batch)}
+        counts = _batch_counts(out.logits, out.halt_logits, batch)
         for k, v in {**parts, **{k: float(c) for k, c in counts.items()}}.items():
             sums[k] = sums.get(k, 0.0) + v
         batches += 1
     metrics = {f"loss_{k}": sums[k] / batches for k in ("total", "ce", "energy", "bce", "entropy")}
-    metrics["trace_accuracy"] = sums["trace_correct"] / max(1.0, sums["trace_total"])
+    for name in ("token", "trace", "halt"):
+        metrics[f"{name}_accuracy"] = sums[f"{name}_correct"] / max(1.0, sums[f"{name}_total"])
     metrics["answer_accuracy"] = sums["answer_correct"] / max(1.0, sums["examples"])
-    metrics["halt_accuracy"] = sums["halt_correct"] / max(1.0, sums["halt_total"])
+    metrics["halt_f1"] = 2 * sums["halt_tp"] / max(1.0, 2 * sums["halt_tp"] + sums["halt_fp"] + sums["halt_fn"])
     return metrics
 
 
-def _autocast(cfg: TrainConfig, device: torch.device):
+def _autocast(cfg: TrainConfig, device: torch.device) -> torch.autocast:
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
 
 
@@ -198,13 +254,29 @@ def _distributed() -> tuple[int, int]:
 
 
 def _run_defining(config: dict[str, Any]) -> dict[str, Any]:
-    """The config fields a resumed run must share with the run it continues (not where or how verbosely)."""
-    return {k: v for k, v in config.items() if k not in ("stop_after_epoch", "quiet", "device")}
+    """The config fields a resumed run must share with the run it continues."""
+    return {k: v for k, v in config.items() if k not in NOT_RUN_DEFINING}
+
+
+def _epoch_loader(cfg: TrainConfig, examples: list[Example], epoch: int, world: int) -> DataLoader:
+    """The training batches of one epoch; their order depends only on (seed, epoch)."""
+    loader = make_loader(examples, cfg.batch_size, True, cfg.seed * 100_003 + epoch, MAX_LEN[cfg.task],
+                         distributed=world > 1)
+    if world > 1:
+        loader.sampler.set_epoch(epoch)
+    return loader
+
+
+def _check_finite(epoch: int, metrics: dict[str, float]) -> None:
+    bad = [k for k in ("train_loss", "val_loss_total") if not math.isfinite(metrics[k])]
+    if bad:
+        raise RuntimeError(f"epoch {epoch}: {', '.join(bad)} is not finite ({metrics}); training diverged "
+                           "(try a lower lr)")
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig]:
     """The model (eval mode, on `device`) and the config of a best.pt or last.pt checkpoint."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = checkpoint.load(path)
     cfg = TrainConfig(**state["config"])
     model = build_model(cfg.arch, TOKENIZER.vocab_size, cfg.variant, **cfg.model_overrides())
     model.load_state_dict(state["model"])
@@ -212,37 +284,37 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
 
 
 def train(cfg: TrainConfig) -> TrainResult:
-    """Train one model (resuming from out_dir/last.pt if it is there) and return the best checkpoint."""
+    """Train one model (resuming from out_dir/last.pt if it is there); see the module docstring."""
     rank, world = _distributed()
     device = resolve_device(cfg.device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)
     out = Path(cfg.out_dir)
+    last_path, best_path = out / "last.pt", out / "best.pt"
     seed_everything(cfg.seed)
-    max_len = MAX_LEN[cfg.task]
-    train_examples = make_split(cfg.task, "train", n=cfg.n_train, **cfg.task_kwargs)
-    val_examples = make_split(cfg.task, "val", n=cfg.n_val, **cfg.task_kwargs)
-    val_loader = make_loader(val_examples, cfg.batch_size, False, cfg.seed, max_len)
+    n_train, n_val = cfg.split_sizes()
+    train_examples = make_split(cfg.task, "train", n=n_train, **cfg.task_kwargs)
+    val_loader = make_loader(make_split(cfg.task, "val", n=n_val, **cfg.task_kwargs), cfg.batch_size, False,
+                             cfg.seed, MAX_LEN[cfg.task])
     model = build_model(cfg.arch, TOKENIZER.vocab_size, cfg.variant, **cfg.model_overrides()).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train_examples) / (cfg.batch_size * world))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, cfg.warmup_steps, cfg.max_epochs * steps_per_epoch)
-    )
-    progress = {"epoch": 0, "best_loss": math.inf, "best_val": {}, "stale": 0, "history": []}
-    last_path, best_path = out / "last.pt", out / "best.pt"
+    total_steps = cfg.max_epochs * len(_epoch_loader(cfg, train_examples, 1, world))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, cfg.warmup_steps, total_steps))
+    progress: dict[str, Any] = {"epoch": 0, "best_loss": math.inf, "best_val": {}, "stale": 0, "history": []}
+    best_state: dict[str, Tensor] | None = None
     if last_path.exists():
-        state = torch.load(last_path, map_location="cpu", weights_only=False)
+        state = checkpoint.load(last_path)
         if _run_defining(state["config"]) != _run_defining(asdict(cfg)):
             raise ValueError(f"out_dir: {out} holds a run with another config; use a new out_dir")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         progress = state["progress"]
-        random.setstate(state["rng"]["python"])
-        np.random.set_state(state["rng"]["numpy"])
-        torch.set_rng_state(state["rng"]["torch"])
+        checkpoint.restore_rng(state["rng"])
+        best_state = checkpoint.load(best_path)["model"]
     ddp_model = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -250,14 +322,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     show = rank == 0 and not cfg.quiet
     while progress["epoch"] < cfg.max_epochs and progress["stale"] < cfg.patience:
         epoch = progress["epoch"] + 1
-        # The data order depends only on (seed, epoch), so a resumed run sees the batches it would have seen.
-        loader = make_loader(train_examples, cfg.batch_size, True, cfg.seed * 100_003 + epoch, max_len,
-                             distributed=world > 1)
-        if world > 1:
-            loader.sampler.set_epoch(epoch)
         ddp_model.train()
-        bar = tqdm(loader, desc=f"{cfg.arch} {cfg.task} epoch {epoch}", disable=not show, leave=False)
-        train_sum, n_batches = 0.0, 0
+        bar = tqdm(_epoch_loader(cfg, train_examples, epoch, world), desc=f"{cfg.arch} {cfg.task} epoch {epoch}",
+                   disable=None if show else True, leave=False)  # None: off when stderr is not a terminal
+        loss_sum = torch.zeros(2, dtype=torch.float64, device=device)  # sum of batch losses, number of batches
         for batch in bar:
             batch = {k: v.to(device) for k, v in batch.items()}
             with _autocast(cfg, device):
@@ -269,36 +337,39 @@ def train(cfg: TrainConfig) -> TrainResult:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             scheduler.step()
-            train_sum += parts["total"]
-            n_batches += 1
+            loss_sum += torch.tensor([parts["total"], 1.0], dtype=torch.float64, device=device)
             bar.set_postfix(loss=f"{parts['total']:.3f}")
-        metrics = {"epoch": epoch, "train_loss": train_sum / max(1, n_batches), "lr": scheduler.get_last_lr()[0],
-                   **{f"val_{k}": v for k, v in evaluate_loss(model, val_loader, cfg, device).items()}}
+        if world > 1:
+            dist.all_reduce(loss_sum)
+        val = [evaluate_metrics(model, val_loader, cfg, device)]
+        if world > 1:  # rank 0's numbers decide for everyone, so no rank can stop while another goes on
+            dist.broadcast_object_list(val, src=0)
+        metrics = {"epoch": epoch, "train_loss": float(loss_sum[0] / loss_sum[1].clamp_min(1)),
+                   "lr": scheduler.get_last_lr()[0], **{f"val_{k}": v for k, v in val[0].items()}}
+        _check_finite(epoch, metrics)
         progress["history"].append(metrics)
         progress["epoch"] = epoch
         improved = metrics["val_loss_total"] < progress["best_loss"]
         if improved:
             progress.update(best_loss=metrics["val_loss_total"], best_val=metrics, stale=0)
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             progress["stale"] += 1
         if rank == 0:
-            with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(metrics) + "\n")
             if improved:
-                torch.save({"model": model.state_dict(), "config": asdict(cfg), "metrics": metrics}, best_path)
-            torch.save({
+                checkpoint.save_atomic({"model": best_state, "config": asdict(cfg), "metrics": metrics}, best_path)
+            checkpoint.save_atomic({
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "config": asdict(cfg), "progress": progress,
-                "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+                "rng": checkpoint.rng_state(),
             }, last_path)
+            lines = "".join(json.dumps(m) + "\n" for m in progress["history"])
+            (out / "metrics.jsonl").write_text(lines, encoding="utf-8")
             if show:
                 tqdm.write(f"epoch {epoch}: train {metrics['train_loss']:.4f}  val {metrics['val_loss_total']:.4f}  "
                            f"trace acc {metrics['val_trace_accuracy']:.3f}  answer acc "
-                           f"{metrics['val_answer_accuracy']:.3f}")
+                           f"{metrics['val_answer_accuracy']:.3f}  halt F1 {metrics['val_halt_f1']:.3f}")
         if cfg.stop_after_epoch is not None and epoch >= cfg.stop_after_epoch:
             break
-    if world > 1:
-        dist.barrier()
-    best = torch.load(best_path, map_location="cpu", weights_only=False)
-    model.load_state_dict(best["model"])
+    model.load_state_dict(best_state)  # set: epoch 1 always improves on inf, and a resumed run reads best.pt
     return TrainResult(best_path, progress["history"], progress["best_val"], model)

@@ -31,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--epochs", type=int, help="maximum number of epochs")
     add("--device", help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     add("--no-bf16", dest="bf16", action="store_const", const=False, help="no bf16 autocast on CUDA")
-    add("--tiny", action="store_const", const=True, help="a very small model (smoke tests)")
+    add("--tiny", action="store_const", const=True,
+        help="a very small model, and 512 / 128 train / val examples unless --n-train / --n-val say otherwise")
     add("--quiet", action="store_const", const=True, help="no progress bars or per-epoch lines")
     add("--out", help="output folder (default runs/train); an existing run there is resumed")
 
