@@ -2,14 +2,16 @@
 //
 // One block per (batch row, block of channels of one group); each lane owns NPT entries of a channel's state row
 // (see scan_common.cuh) and walks the sequence. A tile of steps of u, dt, z (the block's channels) and of B, C
-// (the group's) is staged in shared memory with coalesced loads, scanned, and y is written back coalesced. Per
-// step, S1 = sum h^2, S2 = sum h^2 log h^2 and sum halt_weight * h over the block are warp sums, then summed over
-// the block's warps in warp order and written to partials (3, batch, n_dblocks, L); combine_sums.cu adds the
-// blocks. The state before every kChunk steps goes to the checkpoints; no per-step state is stored.
+// (the group's) is staged in shared memory with coalesced loads, scanned, and y is written back coalesced. Each
+// lane stores its share of S1 = sum h^2, S2 = sum h^2 log h^2 and sum halt_weight * h for every step in shared
+// memory; every kSumSteps steps the block adds them up (one warp per step and sum, in a fixed order) and writes
+// them to partials (3, batch, n_dblocks, L); combine_sums.cu adds the blocks. That costs a few shuffles per step
+// instead of three full warp reductions. The state before every kChunk steps goes to the checkpoints; no
+// per-step state is stored.
 //
 // Why a lane per state entry rather than mamba's threads-along-L block scan: for batch 8, L 2048, D 1536, N 16
 // this gives 8 * 192 = 1536 blocks of 128 threads (about 12 per H100 SM), every lane's recurrence is a plain
-// fused multiply-add chain with no scan over L, the per-step entropy sums are warp shuffles over a state that
+// fused multiply-add chain with no scan over L, the per-step entropy sums need no extra pass over a state that
 // already sits one entry per lane, and the per-chunk checkpoints fall out of the loop for free.
 #include "scan_common.cuh"
 #include "scan_kernels.h"
@@ -19,6 +21,9 @@ namespace {
 
 // Steps staged per tile: shared memory grows with N through the B and C tiles.
 __host__ __device__ constexpr int forward_tile(int npt) { return npt >= 4 ? 16 : 64 / npt; }
+// Steps whose per-lane entropy and halt sums are staged before the block adds them up (divides every tile).
+constexpr int kSumSteps = 16;
+static_assert(forward_tile(1) % kSumSteps == 0 && forward_tile(8) % kSumSteps == 0, "kSumSteps must divide tiles");
 
 struct ForwardParams {
   Shape s;
@@ -41,7 +46,7 @@ struct ForwardParams {
 
 size_t forward_shared_bytes(const Layout& l, int dstate) {
   const int tile = forward_tile(l.npt);
-  return sizeof(float) * ((4 * l.cpb + 2 * dstate) * (tile + 1) + 3 * kWarps * tile);
+  return sizeof(float) * ((4 * l.cpb + 2 * dstate) * (tile + 1) + 3 * kSumSteps * kThreads);
 }
 
 template <typename T, int NPT>
@@ -58,7 +63,7 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ForwardParams p)
   float* s_y = s_z + cpb * W;
   float* s_B = s_y + cpb * W;
   float* s_C = s_B + N * W;
-  float* s_red = s_C + N * W;  // [3][kWarps][TILE]
+  float* s_sums = s_C + N * W;  // [3][kSumSteps][kThreads]: each lane's S1, S2, halt shares per step
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
   float a2[NPT], hw[NPT], h[NPT];
@@ -130,14 +135,10 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ForwardParams p)
         }
       }
       yp = channel_sum(yp, tpc);
-      s1 = warp_sum(s1);
-      s2 = warp_sum(s2);
-      hs = warp_sum(hs);
-      if (lane == 0) {
-        s_red[(0 * kWarps + warp) * TILE + t] = s1;
-        s_red[(1 * kWarps + warp) * TILE + t] = s2;
-        s_red[(2 * kWarps + warp) * TILE + t] = hs;
-      }
+      const int slot = t % kSumSteps;
+      s_sums[(0 * kSumSteps + slot) * kThreads + threadIdx.x] = s1;
+      s_sums[(1 * kSumSteps + slot) * kThreads + threadIdx.x] = s2;
+      s_sums[(2 * kSumSteps + slot) * kThreads + threadIdx.x] = hs;
       if (pos.j == 0 && pos.active) {
         float y = yp + d_skip * uu;
         if (has_z) {
@@ -146,20 +147,24 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ForwardParams p)
         }
         s_y[pos.c * W + t] = y;
       }
+      if (slot == kSumSteps - 1 || t == tl - 1) {  // add up the staged steps: one warp per (sum, step)
+        __syncthreads();
+        const int steps = slot + 1, first = t0 + t - slot;
+        for (int row = warp; row < 3 * steps; row += kWarps) {
+          const int q = row / steps, step = row % steps;
+          const float* lanes = s_sums + (q * kSumSteps + step) * kThreads;
+          float v = 0.f;
+          for (int i = lane; i < kThreads; i += 32) v += lanes[i];
+          v = warp_sum(v);
+          if (lane == 0) partials[q * plane + first + step] = v;
+        }
+        __syncthreads();
+      }
     }
-    __syncthreads();
 
     for (int i = threadIdx.x; i < pos.nch * TILE; i += kThreads) {
       const int c = i / TILE, t = i % TILE;
       if (t < tl) out[static_cast<size_t>(c) * L + t0 + t] = from_float<T>(s_y[c * W + t]);
-    }
-    for (int i = threadIdx.x; i < 3 * TILE; i += kThreads) {
-      const int q = i / TILE, t = i % TILE;
-      if (t < tl) {
-        float v = 0.f;
-        for (int w = 0; w < kWarps; ++w) v += s_red[(q * kWarps + w) * TILE + t];
-        partials[q * plane + t0 + t] = v;
-      }
     }
     __syncthreads();  // the next tile overwrites the shared arrays
   }
