@@ -1,7 +1,7 @@
 """The CUDA backend (csrc/cuda) against the float64 oracle on a GPU; the compiled Triton kernels at a realistic size.
 
-Everything here needs a CUDA device and skips without one. On a GPU machine the extension must build: a failed
-build fails test_extension_builds with the compiler's message. Run with TRITON_INTERPRET=0 (bench/gpu_suite.sh
+Everything but the loader tests at the top needs a CUDA device and skips without one. On a GPU machine the
+extension must build: a failed build fails test_extension_builds with the compiler's message. Run with TRITON_INTERPRET=0 (bench/gpu_suite.sh
 does) so that the Triton tests use compiled kernels rather than the interpreter conftest.py selects by default.
 
 The shapes are chosen against the kernels' layout (csrc/cuda/scan_common.cuh): a block holds 32 channels for
@@ -25,10 +25,13 @@ from pna_kernels.reference import selective_state_update_ref
 from pna_kernels.testing import RTOL, assert_close_rel, random_scan_inputs
 from pna_kernels.validation import check_scan_inputs
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
-
 OUTPUTS = ("out", "entropy", "halt_logits", "last_state")
 COMPILED_TRITON = os.environ.get("TRITON_INTERPRET") != "1"
+
+
+def gpu(test):
+    """Mark a test as a GPU test (pytest -m gpu) that skips without a CUDA device."""
+    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")(test))
 
 
 def make_inputs(batch: int, dim: int, length: int, dstate: int, groups: int, grouped: bool, with_z: bool,
@@ -77,6 +80,48 @@ def assert_matches_oracle(x: dict, softplus: bool, rtol: float, backend: str = "
         assert_close_rel(f"d{name}", got_grad[name], want, rtol)
 
 
+@pytest.fixture
+def fresh_build(monkeypatch):
+    """Forget the once-per-process build result before and after the test (it reads monkeypatched state)."""
+    cuda_backend._build.cache_clear()
+    yield monkeypatch
+    cuda_backend._build.cache_clear()
+
+
+def test_supports_says_why_not(fresh_build):
+    cuda = torch.device("cuda")
+    assert "CUDA tensors only" in cuda_backend.supports(torch.device("cpu"), torch.float32, 16)
+    assert "float64" in cuda_backend.supports(cuda, torch.float64, 16)
+    assert "257" in cuda_backend.supports(cuda, torch.float32, 257)
+    fresh_build.setattr(torch.version, "cuda", None)
+    assert "CPU-only build" in cuda_backend.supports(cuda, torch.float32, 16)
+    cuda_backend._build.cache_clear()
+    fresh_build.setattr(torch.version, "cuda", "12.4")
+    fresh_build.setattr(torch.cuda, "is_available", lambda: False)
+    assert "no CUDA GPU" in cuda_backend.supports(cuda, torch.float32, 16)
+    cuda_backend._build.cache_clear()
+    fresh_build.setattr(torch.cuda, "is_available", lambda: True)
+    fresh_build.setattr(cuda_backend, "find_nvcc", lambda: None)
+    assert "nvcc was not found" in cuda_backend.supports(cuda, torch.float32, 16)
+
+
+def test_a_failed_build_is_a_sentence_then_a_runtime_error(fresh_build):
+    from torch.utils import cpp_extension
+
+    def failing_load(**kwargs):
+        raise RuntimeError("Error building extension 'pna_cuda_kernels'\nscan_forward.cu(7): error: no such thing")
+
+    fresh_build.setattr(torch.version, "cuda", "12.4")
+    fresh_build.setattr(torch.cuda, "is_available", lambda: True)
+    fresh_build.setattr(cuda_backend, "find_nvcc", lambda: "nvcc")
+    fresh_build.setattr(cpp_extension, "load", failing_load)
+    reason = cuda_backend.supports(torch.device("cuda"), torch.float32, 16)
+    assert "failed" in reason and "no such thing" in reason
+    with pytest.raises(RuntimeError, match="no such thing"):
+        cuda_backend.extension()
+
+
+@gpu
 def test_extension_builds():
     reason = cuda_backend.supports(torch.device("cuda"), torch.float32, 16)
     assert reason is None, reason
@@ -94,12 +139,14 @@ SHAPES = [
 ]
 
 
+@gpu
 @pytest.mark.parametrize("batch,dim,length,dstate,groups,grouped,with_z,with_init,softplus", SHAPES)
 def test_float32_matches_oracle(batch, dim, length, dstate, groups, grouped, with_z, with_init, softplus):
     x = make_inputs(batch, dim, length, dstate, groups, grouped, with_z, with_init, softplus)
     assert_matches_oracle(x, softplus, RTOL[torch.float32])
 
 
+@gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("dstate", [16, 64])
 def test_low_precision_inputs_match_oracle(dtype, dstate):
@@ -107,6 +154,7 @@ def test_low_precision_inputs_match_oracle(dtype, dstate):
     assert_matches_oracle(x, True, RTOL[dtype])
 
 
+@gpu
 def test_all_zero_states_have_zero_entropy_and_gradient():
     x = make_inputs(2, 12, 40, 16, 2, True, True, False, True)
     x["u"][:, :, :20] = 0.0  # no initial state: h_t = 0 for 20 steps, across a chunk boundary
@@ -127,6 +175,7 @@ def poison_cuda_cache() -> None:
     assert torch.isnan(torch.empty(4 * 2**20, device="cuda")).all()
 
 
+@gpu
 def test_every_output_element_is_written():
     x = make_inputs(2, 12, 37, 16, 2, True, True, True, True)
     args = check_scan_inputs(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True,
@@ -151,6 +200,7 @@ def test_every_output_element_is_written():
         assert_close_rel(f"d{name}", g, w, RTOL[torch.float32])
 
 
+@gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_repeated_runs_are_bitwise_equal(dtype):
     x = make_inputs(2, 48, 150, 16, 2, True, True, True, True, dtype=dtype)
@@ -169,6 +219,7 @@ def decode_inputs(x: dict, t: int) -> dict:
             "B": x["B"][..., t], "C": x["C"][..., t]}
 
 
+@gpu
 @pytest.mark.parametrize("dstate,groups,with_z,softplus",
                          [(4, 2, True, True), (16, 1, False, False), (256, 2, True, True)])
 def test_state_update_matches_oracle(dstate, groups, with_z, softplus):
@@ -191,6 +242,7 @@ def test_state_update_matches_oracle(dstate, groups, with_z, softplus):
     assert_close_rel("state", state, state64, RTOL[torch.float32])
 
 
+@gpu
 def test_decode_loop_equals_full_scan():
     steps = 19
     x = make_inputs(2, 12, steps, 16, 2, True, True, True, True, dtype=torch.bfloat16)
@@ -215,6 +267,7 @@ def test_decode_loop_equals_full_scan():
     assert_close_rel("last_state", state, full.last_state, RTOL[torch.float32])
 
 
+@gpu
 def test_kernel_errors_raise_with_the_message():
     x = make_inputs(1, 4, 5, 4, 1, True, False, True, True)
     a = check_scan_inputs(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True,
@@ -231,6 +284,7 @@ def test_kernel_errors_raise_with_the_message():
                                   b.initial_state, True, cuda_backend.CHUNK_SIZE)
 
 
+@gpu
 def test_auto_picks_cuda_and_opcheck_passes():
     x = make_inputs(2, 12, 21, 16, 2, True, True, True, True)
     assert pna_kernels.backends.resolve_backend("auto", x["u"].device, x["u"].dtype, 16) == "cuda"
@@ -248,6 +302,7 @@ def test_auto_picks_cuda_and_opcheck_passes():
 REALISTIC = (2, 256, 2048, 16, 1, False, True, True, True)
 
 
+@gpu
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_realistic_size_matches_oracle(backend, dtype):
