@@ -1,8 +1,9 @@
 """The CUDA backend (csrc/cuda) against the float64 oracle on a GPU; the compiled Triton kernels at a realistic size.
 
 Everything but the loader tests at the top needs a CUDA device and skips without one. On a GPU machine the
-extension must build: a failed build fails test_extension_builds with the compiler's message. Run with TRITON_INTERPRET=0 (bench/gpu_suite.sh
-does) so that the Triton tests use compiled kernels rather than the interpreter conftest.py selects by default.
+extension must build: a failed build fails test_extension_builds with the compiler's message. Run with
+TRITON_INTERPRET=0 (bench/gpu_suite.sh does) so that the Triton tests use compiled kernels rather than the
+interpreter conftest.py selects by default.
 
 The shapes are chosen against the kernels' layout (csrc/cuda/scan_common.cuh): a block holds 32 channels for
 N = 4, 8 for N = 16 and 4 for N >= 32, never straddling a group, so D per group = 40, 6, 3 leaves the last block
