@@ -18,9 +18,9 @@ using at::Tensor;
 
 int dtype_code(const Tensor& t) {
   switch (t.scalar_type()) {
-    case at::kFloat: return 0;
-    case at::kHalf: return 1;
-    case at::kBFloat16: return 2;
+    case at::kFloat: return PNA_FLOAT32;
+    case at::kHalf: return PNA_FLOAT16;
+    case at::kBFloat16: return PNA_BFLOAT16;
     default: TORCH_CHECK(false, "pna cuda: inputs must be float32, float16 or bfloat16, got ", t.scalar_type());
   }
   return -1;

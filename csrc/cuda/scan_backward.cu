@@ -14,7 +14,6 @@
 // over batch rows (dA, dD, d delta_bias, dhalt_weight) are written per row. The caller adds both up in a fixed
 // order, so the gradients are deterministic (no atomics).
 #include "scan_common.cuh"
-#include "scan_kernels.h"
 
 namespace pna_cuda {
 namespace {

@@ -15,6 +15,8 @@
 
 #include <type_traits>
 
+#include "scan_kernels.h"
+
 namespace pna_cuda {
 
 constexpr int kThreads = 128;
@@ -23,10 +25,6 @@ constexpr int kMaxState = 256;
 // Steps per chunk: the forward saves the state before every kChunk steps, the backward recomputes a chunk's states
 // from that checkpoint into shared memory. pna_kernels/cuda.py's CHUNK_SIZE must equal it.
 constexpr int kChunk = 16;
-// Input dtype codes of the launchers (scan_kernels.h).
-constexpr int kFloat32 = 0;
-constexpr int kFloat16 = 1;
-constexpr int kBFloat16 = 2;
 constexpr float kLog2e = 1.4426950408889634f;
 
 // How the channels of one batch row are split into blocks.
@@ -145,14 +143,14 @@ inline cudaError_t dispatch(int dtype, int npt, F&& f) {
       default: return f(tag, std::integral_constant<int, 8>{});
     }
   };
-  if (dtype == kFloat16) return by_npt(__half{});
-  if (dtype == kBFloat16) return by_npt(__nv_bfloat16{});
+  if (dtype == PNA_FLOAT16) return by_npt(__half{});
+  if (dtype == PNA_BFLOAT16) return by_npt(__nv_bfloat16{});
   return by_npt(float{});
 }
 
 // nullptr if the problem is one the kernels handle, else why not (a static string).
 inline const char* check_problem(int dtype, int batch, int dim, int length, int dstate, int groups) {
-  if (dtype != kFloat32 && dtype != kFloat16 && dtype != kBFloat16) return "dtype code must be 0, 1 or 2";
+  if (dtype != PNA_FLOAT32 && dtype != PNA_FLOAT16 && dtype != PNA_BFLOAT16) return "unknown dtype code";
   if (batch < 1 || batch > 65535) return "batch must be in [1, 65535] (it is the grid's y dimension)";
   if (dim < 1 || length < 1) return "D and L must be positive";
   if (dstate < 1 || dstate > kMaxState) return "N must be in [1, 256]";

@@ -14,7 +14,6 @@
 // fused multiply-add chain with no scan over L, the per-step entropy sums need no extra pass over a state that
 // already sits one entry per lane, and the per-chunk checkpoints fall out of the loop for free.
 #include "scan_common.cuh"
-#include "scan_kernels.h"
 
 namespace pna_cuda {
 namespace {

@@ -1,7 +1,7 @@
 // extern "C" launchers of the fused CUDA kernels, on raw device pointers and a stream (no torch types).
 //
-// Every launcher returns nullptr on success or the CUDA error's description. `dtype` is the input dtype code:
-// 0 float32, 1 float16, 2 bfloat16; activations (u, delta, z, B, C, grad_out and the activation gradients) are in
+// Every launcher returns nullptr on success or the CUDA error's description. `dtype` is a PnaDtype, the input
+// dtype; activations (u, delta, z, B, C, grad_out and the activation gradients) are in
 // that dtype, everything else is float32. All arrays are contiguous. Shapes: u, delta, z: (batch, D, L);
 // A, halt_weight: (D, N); B, C: (batch, G, N, L); Dskip, delta_bias: (D,); halt_bias: one float;
 // states: (batch, D, N). A nullptr z means no gate.
@@ -10,6 +10,8 @@
 #include <cuda_runtime.h>
 
 extern "C" {
+
+enum PnaDtype { PNA_FLOAT32 = 0, PNA_FLOAT16 = 1, PNA_BFLOAT16 = 2 };
 
 // Blocks per batch row (the partial-sum buffers below have this many rows per batch element).
 int pna_cuda_num_dblocks(int dim, int groups, int dstate);

@@ -2,7 +2,6 @@
 // entropy and halt logit. Same block layout as the forward (scan_common.cuh); per-block partial sums of S1, S2 and
 // halt_weight * h go to partials (3, batch, n_dblocks, 1) and combine_sums.cu adds them in block order.
 #include "scan_common.cuh"
-#include "scan_kernels.h"
 
 namespace pna_cuda {
 namespace {
