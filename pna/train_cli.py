@@ -6,6 +6,8 @@ import argparse
 import json
 from dataclasses import asdict, fields
 
+import torch.distributed as dist
+
 from pna.loss import LOSS_MODES
 from pna.models import ARCHS, VARIANTS
 from pna.tasks import TASKS
@@ -48,9 +50,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train and print the best validation metrics as JSON."""
+    """Train and print the best validation metrics as JSON (rank 0 only, under torchrun)."""
     cfg = config_from_args(args)
     result = train(cfg)
-    print(json.dumps({"best_checkpoint": str(result.best_checkpoint), "best_val": result.best_val,
-                      "config": asdict(cfg)}, indent=2))
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(json.dumps({"best_checkpoint": str(result.best_checkpoint), "best_val": result.best_val,
+                          "config": asdict(cfg)}, indent=2))
     return 0
