@@ -3,10 +3,10 @@
 // scan_kernels.h.
 //
 // Thread layout (every kernel): a block of kThreads threads owns one batch row and a block of channels that lies
-// inside one B/C group. The kTpc = min(max(next_pow2(N), 4), 32) consecutive lanes of a warp share a channel and
-// lane j owns the state entries n = j, j + kTpc, ..., j + (NPT - 1) * kTpc (NPT = ceil(N / kTpc)), so a channel's
-// sums over n are warp shuffles and the block holds kThreads / kTpc channels. Blocks never straddle a group, so
-// every block reads one group's B and C.
+// inside one B/C group. The tpc = min(max(next_pow2(N), 4), 32) consecutive lanes of a warp share a channel and
+// lane j owns the state entries n = j, j + tpc, ..., j + (NPT - 1) * tpc (NPT: ceil(N / tpc) rounded up to 1, 2, 4
+// or 8, a template parameter, so the entries live in registers), so a channel's sums over n are warp shuffles and
+// the block holds kThreads / tpc channels. Blocks never straddle a group, so every block reads one group's B and C.
 #pragma once
 
 #include <cuda_bf16.h>
