@@ -31,8 +31,8 @@ from .common import ModelOutput, StepOutput, num_parameters
 
 @dataclass
 class SSMConfig:
-    """Sizes of the SSM LM (defaults: ~5.0M parameters with the shared vocabulary). dt_rank 0 means
-    ceil(d_model / 16); faithful selects the original architecture."""
+    """Sizes of the SSM LM (defaults: 4,960,267 parameters with the shared 31-token vocabulary). dt_rank 0
+    means ceil(d_model / 16); faithful selects the original architecture (see the module docstring)."""
 
     vocab_size: int
     d_model: int = 256
