@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 from pathlib import Path
@@ -56,6 +57,16 @@ def test_resume_is_exact(tmp_path):
         assert torch.equal(value, resumed.model.state_dict()[name]), name
     again = train(tiny_cfg(tmp_path / "b"))  # a finished run returns at once with the same result
     assert again.history == resumed.history
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("arch,variant", [("ssm", "default"), ("ssm", "faithful"), ("transformer", "default")])
+def test_cuda_bf16_training_runs_and_resumes(tmp_path, arch, variant):
+    first = train(tiny_cfg(tmp_path, arch=arch, variant=variant, device="cuda", bf16=True, stop_after_epoch=1))
+    resumed = train(tiny_cfg(tmp_path, arch=arch, variant=variant, device="cuda", bf16=True))
+    assert resumed.history[0] == first.history[0] and len(resumed.history) == 2
+    assert all(math.isfinite(h["val_loss_total"]) for h in resumed.history)
+    assert next(resumed.model.parameters()).device.type == "cuda"
 
 
 def test_resume_refuses_another_config(tmp_path):
