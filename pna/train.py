@@ -320,7 +320,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2), encoding="utf-8")
     show = rank == 0 and not cfg.quiet
-    while progress["epoch"] < cfg.max_epochs and progress["stale"] < cfg.patience:
+    last_epoch = cfg.max_epochs if cfg.stop_after_epoch is None else min(cfg.max_epochs, cfg.stop_after_epoch)
+    while progress["epoch"] < last_epoch and progress["stale"] < cfg.patience:
         epoch = progress["epoch"] + 1
         ddp_model.train()
         bar = tqdm(_epoch_loader(cfg, train_examples, epoch, world), desc=f"{cfg.arch} {cfg.task} epoch {epoch}",
@@ -369,7 +370,5 @@ def train(cfg: TrainConfig) -> TrainResult:
                 tqdm.write(f"epoch {epoch}: train {metrics['train_loss']:.4f}  val {metrics['val_loss_total']:.4f}  "
                            f"trace acc {metrics['val_trace_accuracy']:.3f}  answer acc "
                            f"{metrics['val_answer_accuracy']:.3f}  halt F1 {metrics['val_halt_f1']:.3f}")
-        if cfg.stop_after_epoch is not None and epoch >= cfg.stop_after_epoch:
-            break
     model.load_state_dict(best_state)  # set: epoch 1 always improves on inf, and a resumed run reads best.pt
     return TrainResult(best_path, progress["history"], progress["best_val"], model)

@@ -57,6 +57,7 @@ def test_resume_is_exact(tmp_path):
         assert torch.equal(value, resumed.model.state_dict()[name]), name
     again = train(tiny_cfg(tmp_path / "b"))  # a finished run returns at once with the same result
     assert again.history == resumed.history
+    assert train(tiny_cfg(tmp_path / "b", stop_after_epoch=1)).history == resumed.history  # nothing past epoch 1
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
