@@ -29,7 +29,7 @@ def test_parameter_counts():
     assert ssm == 4_960_267
     assert transformer == 4_993_601
     assert faithful == faithful_count(31) == 5_065_056
-    # With the original's 25-token vocabulary the faithful variant has exactly the original's count.
+    # With a 25-token vocabulary the reconstructed faithful variant has exactly the original's reported count.
     assert build_model("ssm", 25, "faithful").num_parameters() == faithful_count(25) == 5_058_906
 
 

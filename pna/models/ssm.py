@@ -7,11 +7,12 @@ delta = W_dt dt_raw (+ bias inside the scan, softplus); A = -exp(A_log), S4D-rea
 pna_kernels.selective_scan gives y, the state entropy H_t and the halt logit g_t = <halt_weight, h_t> + halt_bias
 of every token in the same pass; out = W_out y.
 
-variant="faithful" is the original architecture: no dt (h_t = exp(A) h_{t-1} + u_t B_t, i.e. delta = 1 without
+variant="faithful" reconstructs the original architecture: no dt (h_t = exp(A) h_{t-1} + u_t B_t, i.e. delta = 1 without
 softplus), expand 1, biases on W_in, W_x, W_out and the LM head, A_log drawn from N(0, 1), 256 positions, no
 per-layer halt probe, and one halt head, an MLP N -> 64 -> ReLU -> 1, on s_t = mean_d h_t[d, :] of the last layer
-(layer_halt_logits applies that same MLP to every layer's s_t). With the original's 25-token vocabulary this is
-exactly 5,058,906 parameters. The head needs every state, so the faithful variant runs the vectorised PyTorch
+(layer_halt_logits applies that same MLP to every layer's s_t). The original's code is not published: this layer
+list is the one consistent with its reported size, exactly 5,058,906 parameters with a 25-token vocabulary
+(5,065,056 with ours). The head needs every state, so the faithful variant runs the vectorised PyTorch
 scan that returns them (pna_kernels.parallel.selective_scan_parallel) instead of the fused op.
 """
 from __future__ import annotations
@@ -65,7 +66,7 @@ class S6Block(nn.Module):
         self.D = nn.Parameter(torch.ones(d_inner))
         self.out_proj = nn.Linear(d_inner, cfg.d_model, bias=bias)
         if cfg.faithful:
-            self.A_log = nn.Parameter(torch.randn(d_inner, n))  # the original's init
+            self.A_log = nn.Parameter(torch.randn(d_inner, n))  # N(0, 1), as reconstructed for the original
             return
         self.dt_proj = nn.Linear(self.dt_rank, d_inner, bias=True)
         # Mamba's init: dt = softplus(bias) log-uniform in [1e-3, 1e-1].
