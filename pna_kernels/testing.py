@@ -67,3 +67,53 @@ def assert_close_rel(name: str, got: Tensor, want: Tensor, rtol: float) -> None:
     assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
     err = relative_error(got, want)
     assert err <= rtol, f"{name}: relative error {err:.3e} > {rtol:.1e}"
+
+
+SCAN_OUTPUT_NAMES = ("out", "entropy", "halt_logits", "last_state")
+
+
+def cotangents(batch: int, dim: int, length: int, dstate: int, device: str | torch.device = "cpu",
+               seed: int = 7) -> tuple[Tensor, ...]:
+    """Random float64 weights for (out, entropy, halt_logits, last_state) in a scalar loss."""
+    gen = torch.Generator().manual_seed(seed)
+    shapes = ((batch, dim, length), (batch, length), (batch, length), (batch, dim, dstate))
+    return tuple(torch.randn(*s, generator=gen, dtype=torch.float64).to(device) for s in shapes)
+
+
+def scan_with_grads(x: dict[str, Tensor | None], backend: str, delta_softplus: bool,
+                    cot: tuple[Tensor, ...]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Outputs of pna_kernels.selective_scan(**x, backend) (return_last_state=True) and the gradients of
+    sum(output * cotangent) with respect to every input of x that is not None."""
+    from . import selective_scan  # the public op; imported here so this module loads without the ops
+
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in x.items() if v is not None}
+    res = selective_scan(
+        leaves["u"], leaves["delta"], leaves["A"], leaves["B"], leaves["C"], leaves.get("D"), leaves.get("z"),
+        leaves.get("delta_bias"), delta_softplus, True, halt_weight=leaves.get("halt_weight"),
+        halt_bias=leaves.get("halt_bias"), initial_state=leaves.get("initial_state"), backend=backend,
+    )
+    grads = torch.autograd.grad(tuple(res), tuple(leaves.values()), tuple(c.to(r.dtype) for c, r in zip(cot, res)))
+    return dict(zip(SCAN_OUTPUT_NAMES, res)), dict(zip(leaves, grads))
+
+
+def oracle_with_grads(x: dict[str, Tensor | None], delta_softplus: bool,
+                      cot: tuple[Tensor, ...]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """scan_with_grads of the float64 oracle on the same (already rounded) inputs."""
+    x64 = {k: None if v is None else v.double() for k, v in x.items()}
+    return scan_with_grads(x64, "reference", delta_softplus, cot)
+
+
+def assert_matches_oracle(x: dict[str, Tensor | None], backend: str, delta_softplus: bool, rtol: float) -> None:
+    """Every output and every input gradient of `backend` within rtol of the float64 oracle on the same inputs,
+    and in the dtype of the input it belongs to."""
+    batch, dim, length = x["u"].shape
+    cot = cotangents(batch, dim, length, x["A"].shape[1], x["u"].device)
+    got_out, got_grad = scan_with_grads(x, backend, delta_softplus, cot)
+    want_out, want_grad = oracle_with_grads(x, delta_softplus, cot)
+    for name in SCAN_OUTPUT_NAMES:
+        assert_close_rel(name, got_out[name], want_out[name], rtol)
+    assert got_out["out"].dtype == x["u"].dtype
+    assert set(got_grad) == set(want_grad)
+    for name, want in want_grad.items():
+        assert got_grad[name].dtype == x[name].dtype, f"d{name}: dtype {got_grad[name].dtype}"
+        assert_close_rel(f"d{name}", got_grad[name], want, rtol)

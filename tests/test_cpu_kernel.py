@@ -15,10 +15,11 @@ import pna_kernels
 from pna_kernels import cpu, reference
 from pna_kernels.backends import resolve_backend
 from pna_kernels.reference import selective_scan_ref, selective_state_update_ref
-from pna_kernels.testing import RTOL, SCAN_INPUT_NAMES, assert_close_rel, random_scan_inputs
+from pna_kernels.testing import (
+    RTOL, SCAN_INPUT_NAMES, assert_close_rel, assert_matches_oracle, cotangents, random_scan_inputs, scan_with_grads,
+)
 from pna_kernels.validation import check_scan_inputs
 
-OUTPUTS = ("out", "entropy", "halt_logits", "last_state")
 
 # Without any C++ compiler the backend cannot exist; with one, a failing build is a test failure, not a skip.
 pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None, reason="no C++ compiler")
@@ -33,40 +34,6 @@ def make_inputs(batch: int, dim: int, length: int, dstate: int, groups: int, dty
         x["delta"] = F.softplus(x["delta"].double()).to(dtype)
         x["delta_bias"] = x["delta_bias"].abs()
     return x
-
-
-def cotangents(batch: int, dim: int, length: int, dstate: int) -> tuple:
-    gen = torch.Generator().manual_seed(7)
-    shapes = ((batch, dim, length), (batch, length), (batch, length), (batch, dim, dstate))
-    return tuple(torch.randn(*s, generator=gen, dtype=torch.float64) for s in shapes)
-
-
-def scan_with_grads(x: dict, backend: str, softplus: bool, cot: tuple) -> tuple[dict, dict]:
-    """Outputs of pna_kernels.selective_scan and the gradients of sum(output * cotangent) for every input."""
-    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in x.items() if v is not None}
-    res = pna_kernels.selective_scan(
-        leaves["u"], leaves["delta"], leaves["A"], leaves["B"], leaves["C"], leaves["D"], leaves.get("z"),
-        leaves["delta_bias"], softplus, True, halt_weight=leaves["halt_weight"], halt_bias=leaves["halt_bias"],
-        initial_state=leaves.get("initial_state"), backend=backend,
-    )
-    grads = torch.autograd.grad(tuple(res), tuple(leaves.values()), tuple(c.to(r.dtype) for c, r in zip(cot, res)))
-    return dict(zip(OUTPUTS, res)), dict(zip(leaves, grads))
-
-
-def assert_matches_oracle(x: dict, softplus: bool) -> None:
-    dtype = x["u"].dtype
-    batch, dim, length = x["u"].shape
-    cot = cotangents(batch, dim, length, x["A"].shape[1])
-    got_out, got_grad = scan_with_grads(x, "cpu", softplus, cot)
-    x64 = {k: None if v is None else v.double() for k, v in x.items()}
-    want_out, want_grad = scan_with_grads(x64, "reference", softplus, cot)
-    for name in OUTPUTS:
-        assert_close_rel(name, got_out[name], want_out[name], RTOL[dtype])
-    assert got_out["out"].dtype == dtype
-    assert set(got_grad) == set(want_grad)
-    for name in want_grad:
-        assert got_grad[name].dtype == x[name].dtype, name
-        assert_close_rel(f"grad {name}", got_grad[name], want_grad[name], RTOL[dtype])
 
 
 SHAPES = [
@@ -84,13 +51,13 @@ SHAPES = [
 def test_matches_oracle(dtype, batch, dim, length, dstate, groups, grouped, with_z, with_init, softplus):
     x = make_inputs(batch, dim, length, dstate, groups, dtype, grouped=grouped, with_z=with_z, with_init=with_init,
                     softplus=softplus)
-    assert_matches_oracle(x, softplus)
+    assert_matches_oracle(x, "cpu", softplus, RTOL[x["u"].dtype])
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_half_precision_inputs_are_upcast(dtype):
     x = make_inputs(2, 9, 70, 4, 1, dtype)
-    assert_matches_oracle(x, softplus=True)
+    assert_matches_oracle(x, "cpu", True, RTOL[x["u"].dtype])
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
@@ -100,7 +67,7 @@ def test_zero_states_match_oracle(dtype):
     x = make_inputs(2, 5, 70, 4, 1, dtype, with_init=False)
     x["u"][..., :66] = 0
     x["B"][:, :, 0] = 0
-    assert_matches_oracle(x, softplus=True)
+    assert_matches_oracle(x, "cpu", True, RTOL[x["u"].dtype])
 
 
 def canonical_args(x: dict, softplus: bool) -> tuple:

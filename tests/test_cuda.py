@@ -23,10 +23,11 @@ import pna_kernels
 from pna_kernels import cuda as cuda_backend
 from pna_kernels import reference
 from pna_kernels.reference import selective_state_update_ref
-from pna_kernels.testing import RTOL, assert_close_rel, random_scan_inputs
+from pna_kernels.testing import (
+    RTOL, SCAN_OUTPUT_NAMES, assert_close_rel, assert_matches_oracle, cotangents, random_scan_inputs, scan_with_grads,
+)
 from pna_kernels.validation import check_scan_inputs
 
-OUTPUTS = ("out", "entropy", "halt_logits", "last_state")
 COMPILED_TRITON = os.environ.get("TRITON_INTERPRET") != "1"
 
 
@@ -44,41 +45,6 @@ def make_inputs(batch: int, dim: int, length: int, dstate: int, groups: int, gro
     if not softplus:
         x["delta"] = F.softplus(x["delta"].double()).to(dtype)
     return x
-
-
-def cotangents(batch: int, dim: int, length: int, dstate: int) -> tuple:
-    """Random weights for out, entropy, halt_logits and last_state in the scalar loss."""
-    gen = torch.Generator().manual_seed(7)
-    shapes = ((batch, dim, length), (batch, length), (batch, length), (batch, dim, dstate))
-    return tuple(torch.randn(*s, generator=gen, dtype=torch.float64).cuda() for s in shapes)
-
-
-def scan_with_grads(x: dict, softplus: bool, cot: tuple, backend: str) -> tuple[dict, dict]:
-    """Outputs of pna_kernels.selective_scan and the gradients of sum(output * cotangent) for every given input."""
-    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in x.items() if v is not None}
-    res = pna_kernels.selective_scan(
-        leaves["u"], leaves["delta"], leaves["A"], leaves["B"], leaves["C"], leaves["D"], leaves.get("z"),
-        leaves["delta_bias"], softplus, True, halt_weight=leaves["halt_weight"], halt_bias=leaves["halt_bias"],
-        initial_state=leaves.get("initial_state"), backend=backend,
-    )
-    grads = torch.autograd.grad(tuple(res), tuple(leaves.values()), tuple(c.to(r.dtype) for c, r in zip(cot, res)))
-    return dict(zip(OUTPUTS, res)), dict(zip(leaves, grads))
-
-
-def assert_matches_oracle(x: dict, softplus: bool, rtol: float, backend: str = "cuda") -> None:
-    """Every output and every input gradient of `backend` within rtol of the float64 oracle on the same inputs."""
-    batch, dim, length = x["u"].shape
-    cot = cotangents(batch, dim, length, x["A"].shape[1])
-    got_out, got_grad = scan_with_grads(x, softplus, cot, backend)
-    x64 = {k: None if v is None else v.double() for k, v in x.items()}
-    want_out, want_grad = scan_with_grads(x64, softplus, cot, "reference")
-    for name in OUTPUTS:
-        assert_close_rel(name, got_out[name], want_out[name], rtol)
-    assert got_out["out"].dtype == x["u"].dtype
-    assert set(got_grad) == set(want_grad)
-    for name, want in want_grad.items():
-        assert got_grad[name].dtype == x[name].dtype, f"d{name}: dtype {got_grad[name].dtype}"
-        assert_close_rel(f"d{name}", got_grad[name], want, rtol)
 
 
 @pytest.fixture
@@ -144,7 +110,7 @@ SHAPES = [
 @pytest.mark.parametrize("batch,dim,length,dstate,groups,grouped,with_z,with_init,softplus", SHAPES)
 def test_float32_matches_oracle(batch, dim, length, dstate, groups, grouped, with_z, with_init, softplus):
     x = make_inputs(batch, dim, length, dstate, groups, grouped, with_z, with_init, softplus)
-    assert_matches_oracle(x, softplus, RTOL[torch.float32])
+    assert_matches_oracle(x, "cuda", softplus, RTOL[torch.float32])
 
 
 @gpu
@@ -152,14 +118,14 @@ def test_float32_matches_oracle(batch, dim, length, dstate, groups, grouped, wit
 @pytest.mark.parametrize("dstate", [16, 64])
 def test_low_precision_inputs_match_oracle(dtype, dstate):
     x = make_inputs(2, 12, 53, dstate, 2, True, True, True, True, dtype=dtype)
-    assert_matches_oracle(x, True, RTOL[dtype])
+    assert_matches_oracle(x, "cuda", True, RTOL[dtype])
 
 
 @gpu
 def test_all_zero_states_have_zero_entropy_and_gradient():
     x = make_inputs(2, 12, 40, 16, 2, True, True, False, True)
     x["u"][:, :, :20] = 0.0  # no initial state: h_t = 0 for 20 steps, across a chunk boundary
-    assert_matches_oracle(x, True, RTOL[torch.float32])
+    assert_matches_oracle(x, "cuda", True, RTOL[torch.float32])
     res = pna_kernels.selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], backend="cuda")
     assert torch.equal(res.entropy[:, :20], torch.zeros(2, 20, device="cuda"))
 
@@ -185,13 +151,13 @@ def test_every_output_element_is_written():
                  args.halt_bias, args.initial_state)
     chunk = cuda_backend.CHUNK_SIZE
     want = reference.scan_forward(*(None if t is None else t.double() for t in canonical), True, chunk)
-    cot = cotangents(2, 12, 37, 16)
+    cot = cotangents(2, 12, 37, 16, "cuda")
     want_grads = reference.scan_backward(*cot, *(None if t is None else t.double() for t in canonical),
                                          want[4], want[5], True, chunk)
 
     poison_cuda_cache()
     got = cuda_backend.scan_forward(*canonical, True, chunk)
-    for name, g, w in zip(OUTPUTS + ("checkpoints", "entropy_sums"), got, want):
+    for name, g, w in zip(SCAN_OUTPUT_NAMES + ("checkpoints", "entropy_sums"), got, want):
         assert_close_rel(name, g, w, RTOL[torch.float32])
     poison_cuda_cache()
     got_grads = cuda_backend.scan_backward(cot[0].float(), cot[1].float(), cot[2].float(), cot[3].float(),
@@ -205,10 +171,10 @@ def test_every_output_element_is_written():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_repeated_runs_are_bitwise_equal(dtype):
     x = make_inputs(2, 48, 150, 16, 2, True, True, True, True, dtype=dtype)
-    cot = cotangents(2, 48, 150, 16)
-    first_out, first_grad = scan_with_grads(x, True, cot, "cuda")
-    second_out, second_grad = scan_with_grads(x, True, cot, "cuda")
-    for name in OUTPUTS:
+    cot = cotangents(2, 48, 150, 16, "cuda")
+    first_out, first_grad = scan_with_grads(x, "cuda", True, cot)
+    second_out, second_grad = scan_with_grads(x, "cuda", True, cot)
+    for name in SCAN_OUTPUT_NAMES:
         assert torch.equal(first_out[name], second_out[name]), name
     for name in first_grad:
         assert torch.equal(first_grad[name], second_grad[name]), f"d{name}"
@@ -295,7 +261,7 @@ def test_auto_picks_cuda_and_opcheck_passes():
     chunk = cuda_backend.CHUNK_SIZE
     torch.library.opcheck(torch.ops.pna.selective_scan_fwd, (*inputs, True, "cuda", chunk))
     out, entropy, halt, last, checkpoints, sums = torch.ops.pna.selective_scan_fwd(*inputs, True, "cuda", chunk)
-    grads = tuple(g.to(t.dtype) for g, t in zip(cotangents(2, 12, 21, 16), (out, entropy, halt, last)))
+    grads = tuple(g.to(t.dtype) for g, t in zip(cotangents(2, 12, 21, 16, "cuda"), (out, entropy, halt, last)))
     torch.library.opcheck(torch.ops.pna.selective_scan_bwd, (*grads, *inputs, checkpoints, sums, True, "cuda", chunk))
 
 
@@ -310,4 +276,4 @@ def test_realistic_size_matches_oracle(backend, dtype):
     if backend == "triton" and not COMPILED_TRITON:
         pytest.skip("set TRITON_INTERPRET=0 to test the compiled Triton kernels")
     x = make_inputs(*REALISTIC, dtype=dtype)
-    assert_matches_oracle(x, True, RTOL[dtype], backend)
+    assert_matches_oracle(x, backend, True, RTOL[dtype])

@@ -4,33 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-import pna_kernels
 from pna_kernels import parallel, reference
 from pna_kernels.parallel import linear_scan, selective_scan_parallel
 from pna_kernels.reference import selective_scan_ref
-from pna_kernels.testing import RTOL, assert_close_rel, random_scan_inputs
+from pna_kernels.testing import RTOL, assert_close_rel, assert_matches_oracle, random_scan_inputs
 from pna_kernels.validation import check_scan_inputs
 
-OUTPUTS = ("out", "entropy", "halt_logits", "last_state")
-
-
-def scan_with_grads(x: dict, backend: str, softplus: bool, cotangents: tuple) -> tuple[dict, dict]:
-    """Outputs of pna_kernels.selective_scan and the gradients of sum(output * cotangent) for every input."""
-    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in x.items() if v is not None}
-    res = pna_kernels.selective_scan(
-        leaves["u"], leaves["delta"], leaves["A"], leaves["B"], leaves["C"], leaves["D"], leaves.get("z"),
-        leaves["delta_bias"], softplus, True, halt_weight=leaves["halt_weight"], halt_bias=leaves["halt_bias"],
-        initial_state=leaves.get("initial_state"), backend=backend,
-    )
-    grads = torch.autograd.grad(tuple(res), tuple(leaves.values()),
-                                tuple(c.to(r.dtype) for c, r in zip(cotangents, res)))
-    return dict(zip(OUTPUTS, res)), dict(zip(leaves, grads))
-
-
-def random_cotangents(batch: int, dim: int, length: int, dstate: int) -> tuple:
-    gen = torch.Generator().manual_seed(99)
-    shapes = ((batch, dim, length), (batch, length), (batch, length), (batch, dim, dstate))
-    return tuple(torch.randn(*s, generator=gen, dtype=torch.float64) for s in shapes)
 
 
 SHAPES = [
@@ -51,17 +30,7 @@ def test_torch_backend_matches_oracle(dtype, batch, dim, length, dstate, groups,
                            with_initial_state=with_init, grouped_bc=grouped)
     if not softplus:
         x["delta"] = torch.nn.functional.softplus(x["delta"].double()).to(dtype)
-    x64 = {k: None if v is None else v.double() for k, v in x.items()}
-    cot = random_cotangents(batch, dim, length, dstate)
-    got_out, got_grad = scan_with_grads(x, "torch", softplus, cot)
-    want_out, want_grad = scan_with_grads(x64, "reference", softplus, cot)
-    rtol = RTOL[dtype]
-    for name in OUTPUTS:
-        assert_close_rel(name, got_out[name], want_out[name], rtol)
-    for name in want_grad:
-        assert got_grad[name].dtype == x[name].dtype, name
-        assert_close_rel(f"grad {name}", got_grad[name], want_grad[name], rtol)
-
+    assert_matches_oracle(x, "torch", softplus, RTOL[dtype])
 
 @pytest.mark.parametrize("grouped", [True, False])
 def test_all_states_match_oracle(grouped):

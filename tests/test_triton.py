@@ -17,11 +17,13 @@ import pna_kernels
 import pna_kernels.triton as triton_backend
 import pna_kernels.triton.common as triton_common
 from pna_kernels import reference
-from pna_kernels.reference import selective_scan_ref, selective_state_update_ref
-from pna_kernels.testing import RTOL, assert_close_rel, random_scan_inputs
+from pna_kernels.reference import selective_state_update_ref
+from pna_kernels.testing import (
+    RTOL, SCAN_OUTPUT_NAMES, assert_close_rel, assert_matches_oracle, cotangents, oracle_with_grads,
+    random_scan_inputs, scan_with_grads,
+)
 from pna_kernels.validation import check_scan_inputs
 
-OUTPUTS = ("out", "entropy", "halt_logits", "last_state")
 SMALL_CHUNK = 8
 # conftest.py sets TRITON_INTERPRET=1 unless the environment already says otherwise; TRITON_INTERPRET=0 on a CUDA
 # machine tests the compiled kernels instead.
@@ -49,44 +51,6 @@ def make_inputs(batch: int, dim: int, length: int, dstate: int, groups: int, gro
     return x
 
 
-def cotangents(batch: int, dim: int, length: int, dstate: int, device: str = "cpu") -> tuple:
-    """Random weights for out, entropy, halt_logits and last_state in the scalar loss."""
-    gen = torch.Generator().manual_seed(7)
-    shapes = ((batch, dim, length), (batch, length), (batch, length), (batch, dim, dstate))
-    return tuple(torch.randn(*s, generator=gen, dtype=torch.float64).to(device) for s in shapes)
-
-
-def scan_with_grads(x: dict, softplus: bool, cot: tuple, backend: str = "triton") -> tuple[dict, dict]:
-    """Outputs of pna_kernels.selective_scan and the gradients of sum(output * cotangent) for every given input."""
-    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in x.items() if v is not None}
-    res = pna_kernels.selective_scan(
-        leaves["u"], leaves["delta"], leaves["A"], leaves["B"], leaves["C"], leaves["D"], leaves.get("z"),
-        leaves["delta_bias"], softplus, True, halt_weight=leaves["halt_weight"], halt_bias=leaves["halt_bias"],
-        initial_state=leaves.get("initial_state"), backend=backend,
-    )
-    grads = torch.autograd.grad(tuple(res), tuple(leaves.values()), tuple(c.to(r.dtype) for c, r in zip(cot, res)))
-    return dict(zip(OUTPUTS, res)), dict(zip(leaves, grads))
-
-
-def oracle_with_grads(x: dict, softplus: bool, cot: tuple) -> tuple[dict, dict]:
-    """The same in float64 on the same (already rounded) inputs, through the reference backend."""
-    return scan_with_grads({k: None if v is None else v.double() for k, v in x.items()}, softplus, cot, "reference")
-
-
-def assert_matches_oracle(x: dict, softplus: bool, rtol: float) -> None:
-    batch, dim, length = x["u"].shape
-    cot = cotangents(batch, dim, length, x["A"].shape[1], x["u"].device.type)
-    got_out, got_grad = scan_with_grads(x, softplus, cot)
-    want_out, want_grad = oracle_with_grads(x, softplus, cot)
-    for name in OUTPUTS:
-        assert_close_rel(name, got_out[name], want_out[name], rtol)
-    assert got_out["out"].dtype == x["u"].dtype
-    assert set(got_grad) == set(want_grad)
-    for name, want in want_grad.items():
-        assert got_grad[name].dtype == x[name].dtype, f"d{name}: dtype {got_grad[name].dtype}"
-        assert_close_rel(f"d{name}", got_grad[name], want, rtol)
-
-
 # batch, D, L, N, groups, grouped B/C, z, initial_state, softplus. With small_tiles every L is 2-3 chunks and not a
 # multiple of 8 (or shorter than one chunk). For N = 4, BLOCK_D = 2 and the 3 channels of a group leave the last
 # D-block half masked; for larger N, BLOCK_D = 1 and a group spans up to 5 D-blocks. N = 5 is padded to BLOCK_N = 8;
@@ -105,14 +69,14 @@ SHAPES = [
 @pytest.mark.parametrize("batch,dim,length,dstate,groups,grouped,with_z,with_init,softplus", SHAPES)
 def test_float32_matches_oracle(small_tiles, batch, dim, length, dstate, groups, grouped, with_z, with_init, softplus):
     x = make_inputs(batch, dim, length, dstate, groups, grouped, with_z, with_init, softplus)
-    assert_matches_oracle(x, softplus, RTOL[torch.float32])
+    assert_matches_oracle(x, "triton", softplus, RTOL[torch.float32])
 
 
 @interpreted
 def test_all_zero_states_have_zero_entropy_and_gradient(small_tiles):
     x = make_inputs(2, 4, 13, 4, 2, True, True, False, True)
     x["u"][:, :, :10] = 0.0  # no initial state: h_t = 0 for the first 10 steps, across a chunk boundary
-    assert_matches_oracle(x, True, RTOL[torch.float32])
+    assert_matches_oracle(x, "triton", True, RTOL[torch.float32])
     out = pna_kernels.selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], backend="triton")
     assert torch.equal(out.entropy[:, :10], torch.zeros(2, 10))
 
@@ -121,14 +85,14 @@ def test_all_zero_states_have_zero_entropy_and_gradient(small_tiles):
 def test_default_tiles_with_partial_last_chunk():
     length = triton_backend.CHUNK_SIZE + 5
     x = make_inputs(1, 2, length, 4, 1, True, True, True, True)
-    assert_matches_oracle(x, True, RTOL[torch.float32])
+    assert_matches_oracle(x, "triton", True, RTOL[torch.float32])
 
 
 @interpreted
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_low_precision_inputs_match_oracle(small_tiles, dtype):
     x = make_inputs(2, 6, 19, 4, 2, True, True, True, True, dtype=dtype)
-    assert_matches_oracle(x, True, RTOL[dtype])
+    assert_matches_oracle(x, "triton", True, RTOL[dtype])
 
 
 def nan_filled_empty(real_empty):
@@ -153,12 +117,12 @@ def test_every_output_element_is_written(small_tiles, monkeypatch):
     monkeypatch.setattr(torch, "empty", nan_filled_empty(torch.empty))
     assert torch.isnan(torch.empty(3)).all()
     got = triton_backend.scan_forward(*canonical, True, SMALL_CHUNK)
-    got_out, got_grad = scan_with_grads(x, True, cot)
+    got_out, got_grad = scan_with_grads(x, "triton", True, cot)
 
-    names = OUTPUTS + ("checkpoints", "entropy_sums")
+    names = SCAN_OUTPUT_NAMES + ("checkpoints", "entropy_sums")
     for name, g, w in zip(names, got, want):
         assert_close_rel(name, g, w, RTOL[torch.float32])
-    for name in OUTPUTS:
+    for name in SCAN_OUTPUT_NAMES:
         assert_close_rel(name, got_out[name], want_out[name], RTOL[torch.float32])
     for name, w in want_grad.items():
         assert_close_rel(f"d{name}", got_grad[name], w, RTOL[torch.float32])
@@ -167,9 +131,9 @@ def test_every_output_element_is_written(small_tiles, monkeypatch):
 def assert_repeats_bitwise(x: dict, softplus: bool) -> None:
     batch, dim, length = x["u"].shape
     cot = cotangents(batch, dim, length, x["A"].shape[1], x["u"].device.type)
-    first_out, first_grad = scan_with_grads(x, softplus, cot)
-    second_out, second_grad = scan_with_grads(x, softplus, cot)
-    for name in OUTPUTS:
+    first_out, first_grad = scan_with_grads(x, "triton", softplus, cot)
+    second_out, second_grad = scan_with_grads(x, "triton", softplus, cot)
+    for name in SCAN_OUTPUT_NAMES:
         assert torch.equal(first_out[name], second_out[name]), name
     for name in first_grad:
         assert torch.equal(first_grad[name], second_grad[name]), f"d{name}"
@@ -258,7 +222,7 @@ def test_chunk_size_must_be_a_power_of_two():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_cuda_realistic_shape_matches_oracle_and_repeats_bitwise(dtype):
     x = make_inputs(2, 96, 300, 16, 2, True, True, True, True, dtype=dtype, device="cuda")
-    assert_matches_oracle(x, True, RTOL[dtype])
+    assert_matches_oracle(x, "triton", True, RTOL[dtype])
     assert_repeats_bitwise(x, True)
 
 
