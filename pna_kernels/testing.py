@@ -117,3 +117,34 @@ def assert_matches_oracle(x: dict[str, Tensor | None], backend: str, delta_softp
     for name, want in want_grad.items():
         assert got_grad[name].dtype == x[name].dtype, f"d{name}: dtype {got_grad[name].dtype}"
         assert_close_rel(f"d{name}", got_grad[name], want, rtol)
+
+
+def decode_inputs(x: dict[str, Tensor | None], t: int) -> dict[str, Tensor | None]:
+    """Step t of scan inputs in selective_state_update's layout: x, dt, z (batch, D); B, C (batch, G, N)."""
+    return {"x": x["u"][..., t], "dt": x["delta"][..., t], "z": None if x["z"] is None else x["z"][..., t],
+            "B": x["B"][..., t], "C": x["C"][..., t]}
+
+
+def assert_state_update_matches_oracle(x: dict[str, Tensor | None], t: int, backend: str, dt_softplus: bool,
+                                       rtol: float) -> None:
+    """One decode step of `backend` from x["initial_state"] with step t of the scan inputs x: y, entropy,
+    halt_logits and the updated state within rtol of the float64 oracle, y in x's dtype."""
+    from . import selective_state_update  # the public op; imported here so this module loads without the ops
+    from .reference import selective_state_update_ref
+
+    step = decode_inputs(x, t)
+    state = x["initial_state"].clone()
+    state64 = x["initial_state"].double()
+    got = selective_state_update(
+        state, step["x"], step["dt"], x["A"], step["B"], step["C"], x["D"], step["z"], x["delta_bias"], dt_softplus,
+        halt_weight=x["halt_weight"], halt_bias=x["halt_bias"], backend=backend,
+    )
+    as64 = {k: None if v is None else v.double() for k, v in (*x.items(), *step.items())}  # step wins
+    want = selective_state_update_ref(
+        state64, as64["x"], as64["dt"], as64["A"], as64["B"], as64["C"], as64["D"], as64["z"], as64["delta_bias"],
+        dt_softplus, as64["halt_weight"], as64["halt_bias"],
+    )
+    for name, g, w in zip(("y", "entropy", "halt_logits"), got, want):
+        assert_close_rel(name, g, w, rtol)
+    assert got[0].dtype == step["x"].dtype
+    assert_close_rel("state", state, state64, rtol)

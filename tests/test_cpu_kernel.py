@@ -14,9 +14,10 @@ import torch.nn.functional as F
 import pna_kernels
 from pna_kernels import cpu, reference
 from pna_kernels.backends import resolve_backend
-from pna_kernels.reference import selective_scan_ref, selective_state_update_ref
+from pna_kernels.reference import selective_scan_ref
 from pna_kernels.testing import (
-    RTOL, SCAN_INPUT_NAMES, assert_close_rel, assert_matches_oracle, cotangents, random_scan_inputs, scan_with_grads,
+    RTOL, SCAN_INPUT_NAMES, assert_close_rel, assert_matches_oracle, assert_state_update_matches_oracle, cotangents,
+    decode_inputs, random_scan_inputs, scan_with_grads,
 )
 from pna_kernels.validation import check_scan_inputs
 
@@ -124,7 +125,7 @@ def test_raw_kernels_write_every_output_element(with_z):
 
 def test_raw_state_update_writes_every_output_element():
     x = make_inputs(3, 21, 1, 4, 1, torch.float32)
-    step = {k: v.contiguous() for k, v in decode_args(x, 0).items()}
+    step = {k: v.contiguous() for k, v in decode_inputs(x, 0).items()}
     params = (x["A"], step["B"], step["C"], x["D"], step["z"], x["delta_bias"], x["halt_weight"], x["halt_bias"])
     want_state = x["initial_state"].clone()
     want = cpu.state_update(want_state, step["x"], step["dt"], *params, True)
@@ -167,32 +168,11 @@ def test_bitwise_deterministic_for_any_thread_count():
                 assert torch.equal(got[name], want[name]), name
 
 
-def decode_args(x: dict, t: int) -> dict:
-    """Step t of a scan's inputs in selective_state_update's layout."""
-    return {"x": x["u"][..., t], "dt": x["delta"][..., t], "B": x["B"][..., t], "C": x["C"][..., t],
-            "z": None if x["z"] is None else x["z"][..., t]}
-
-
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 @pytest.mark.parametrize("groups,with_z,softplus", [(1, True, True), (2, False, False), (2, True, True)])
 def test_state_update_matches_oracle(dtype, groups, with_z, softplus):
     x = make_inputs(3, 10, 2, 16, groups, dtype, with_z=with_z, softplus=softplus)
-    step = decode_args(x, 1)
-    state = x["initial_state"].clone()
-    want_state = x["initial_state"].double()
-    got = pna_kernels.selective_state_update(
-        state, step["x"], step["dt"], x["A"], step["B"], step["C"], x["D"], step["z"], x["delta_bias"], softplus,
-        halt_weight=x["halt_weight"], halt_bias=x["halt_bias"], backend="cpu",
-    )
-    want = selective_state_update_ref(
-        want_state, *(None if step[k] is None else step[k].double() for k in ("x", "dt")), x["A"].double(),
-        step["B"].double(), step["C"].double(), x["D"].double(), None if step["z"] is None else step["z"].double(),
-        x["delta_bias"].double(), softplus, x["halt_weight"].double(), x["halt_bias"].double(),
-    )
-    for name, g, w in zip(("y", "entropy", "halt_logits"), got, want):
-        assert_close_rel(name, g, w, RTOL[dtype])
-    assert got[0].dtype == dtype
-    assert_close_rel("state", state, want_state, RTOL[dtype])
+    assert_state_update_matches_oracle(x, 1, "cpu", softplus, RTOL[dtype])
 
 
 def test_decode_loop_reproduces_the_scan():
@@ -202,7 +182,7 @@ def test_decode_loop_reproduces_the_scan():
                                       initial_state=x["initial_state"], backend="cpu")
     state = x["initial_state"].clone()
     for t in range(9):
-        step = decode_args(x, t)
+        step = decode_inputs(x, t)
         y, entropy, halt = pna_kernels.selective_state_update(
             state, step["x"], step["dt"], x["A"], step["B"], step["C"], x["D"], step["z"], x["delta_bias"], True,
             halt_weight=x["halt_weight"], halt_bias=x["halt_bias"], backend="cpu",
@@ -252,7 +232,7 @@ def test_opcheck_with_cpu_backend(with_z):
     fwd = torch.ops.pna.selective_scan_fwd(*args, "cpu", 4)
     cot = cotangents(2, 4, 6, 3)
     torch.library.opcheck(torch.ops.pna.selective_scan_bwd, (*cot, *args[:11], fwd[4], fwd[5], True, "cpu", 4))
-    step = decode_args(x, 0)
+    step = decode_inputs(x, 0)
     torch.library.opcheck(
         torch.ops.pna.selective_state_update,
         (x["initial_state"].clone(), step["x"], step["dt"], x["A"], step["B"], step["C"], x["D"], step["z"],

@@ -17,10 +17,9 @@ import pna_kernels
 import pna_kernels.triton as triton_backend
 import pna_kernels.triton.common as triton_common
 from pna_kernels import reference
-from pna_kernels.reference import selective_state_update_ref
 from pna_kernels.testing import (
-    RTOL, SCAN_OUTPUT_NAMES, assert_close_rel, assert_matches_oracle, cotangents, oracle_with_grads,
-    random_scan_inputs, scan_with_grads,
+    RTOL, SCAN_OUTPUT_NAMES, assert_close_rel, assert_matches_oracle, assert_state_update_matches_oracle,
+    cotangents, decode_inputs, oracle_with_grads, random_scan_inputs, scan_with_grads,
 )
 from pna_kernels.validation import check_scan_inputs
 
@@ -144,32 +143,12 @@ def test_repeated_runs_are_bitwise_equal(small_tiles):
     assert_repeats_bitwise(make_inputs(2, 6, 19, 4, 2, True, True, True, True), True)
 
 
-def decode_inputs(x: dict, t: int) -> dict:
-    """Step t of scan inputs in the decode layout: x, dt, z (batch, D); B, C (batch, G, N)."""
-    return {"x": x["u"][..., t], "dt": x["delta"][..., t], "z": None if x["z"] is None else x["z"][..., t],
-            "B": x["B"][..., t], "C": x["C"][..., t]}
-
-
 @interpreted
 @pytest.mark.parametrize("dstate,groups,with_z,softplus", [(4, 2, True, True), (16, 1, False, False)])
 def test_state_update_matches_oracle(small_tiles, monkeypatch, dstate, groups, with_z, softplus):
     monkeypatch.setattr(torch, "empty", nan_filled_empty(torch.empty))
     x = make_inputs(2, 6, 1, dstate, groups, True, with_z, True, softplus)
-    step = decode_inputs(x, 0)
-    state = x["initial_state"].clone()
-    state64 = x["initial_state"].double()
-    got = pna_kernels.selective_state_update(
-        state, step["x"], step["dt"], x["A"], step["B"], step["C"], x["D"], step["z"], x["delta_bias"], softplus,
-        halt_weight=x["halt_weight"], halt_bias=x["halt_bias"], backend="triton",
-    )
-    want = selective_state_update_ref(
-        state64, step["x"].double(), step["dt"].double(), x["A"].double(), step["B"].double(), step["C"].double(),
-        x["D"].double(), None if step["z"] is None else step["z"].double(), x["delta_bias"].double(), softplus,
-        x["halt_weight"].double(), x["halt_bias"].double(),
-    )
-    for name, g, w in zip(("y", "entropy", "halt_logits"), got, want):
-        assert_close_rel(name, g, w, RTOL[torch.float32])
-    assert_close_rel("state", state, state64, RTOL[torch.float32])
+    assert_state_update_matches_oracle(x, 0, "triton", softplus, RTOL[torch.float32])
 
 
 @interpreted
