@@ -13,13 +13,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from pna_kernels.triton.common import linear_recurrence, program_tile
+
 CHUNK = 32
 TILE_ELEMENTS = 4096
-
-
-@triton.jit
-def _compose(a1, b1, a2, b2):
-    return a1 * a2, a2 * b1 + b2
 
 
 @triton.jit
@@ -29,15 +26,7 @@ def _plain_scan_kernel(
     HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     CHUNK: tl.constexpr,
 ):
-    b = tl.program_id(0).to(tl.int64)
-    g = tl.program_id(1).to(tl.int64)
-    d_in_group = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = d_in_group < dim_per_group
-    d = g * dim_per_group + d_in_group
-    n = tl.arange(0, BLOCK_N)
-    mask_n = n < dstate
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    dn = d[:, None] * dstate + n[None, :]
+    b, g, _, _, d, mask_d, n, mask_n, mask_dn, dn = program_tile(dim_per_group, dstate, BLOCK_D, BLOCK_N)
     A = tl.load(A_ptr + dn, mask=mask_dn, other=0.0)
     d_skip = tl.load(D_ptr + d, mask=mask_d, other=0.0)
     delta_bias = tl.load(delta_bias_ptr + d, mask=mask_d, other=0.0)
@@ -59,7 +48,7 @@ def _plain_scan_kernel(
         c_t = tl.load(C_ptr + bc_row, mask=mask_nt, other=0.0).to(tl.float32)
         decay = tl.exp(dt[:, None, :] * A[:, :, None])
         inp = (dt * u)[:, None, :] * b_t[None, :, :]
-        prod, acc = tl.associative_scan((decay, inp), axis=2, combine_fn=_compose)
+        prod, acc = tl.associative_scan((decay, inp), axis=2, combine_fn=linear_recurrence)
         hs = prod * h[:, :, None] + acc
         y = tl.sum(hs * c_t[None, :, :], axis=1) + d_skip[:, None] * u
         if HAS_Z:

@@ -77,3 +77,22 @@ def x_log_x(e):
     """e * log(e) with 0 * log(0) = 0, for e >= 0."""
     positive = e > 0.0
     return tl.where(positive, e * tl.log(tl.where(positive, e, 1.0)), 0.0)
+
+
+@triton.jit
+def program_tile(dim_per_group, dstate, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The tile of a program on the grid (batch, group, D-block within the group): batch row b, group g, number of
+    D-blocks over all groups, this block's flat index, channels d (BLOCK_D,) with mask_d, state entries n
+    (BLOCK_N,) with mask_n, mask_dn (BLOCK_D, BLOCK_N) and the flat (D, N) offsets dn."""
+    b = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(1).to(tl.int64)
+    n_blocks = tl.num_programs(1) * tl.num_programs(2)
+    block = g * tl.num_programs(2) + tl.program_id(2)
+    d_in_group = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = d_in_group < dim_per_group
+    d = g * dim_per_group + d_in_group
+    n = tl.arange(0, BLOCK_N)
+    mask_n = n < dstate
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    dn = d[:, None] * dstate + n[None, :]
+    return b, g, n_blocks, block, d, mask_d, n, mask_n, mask_dn, dn

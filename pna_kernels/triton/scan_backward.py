@@ -21,7 +21,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import check_chunk_size, contiguous, launch_device, linear_recurrence, scan_blocks, softplus
+from .common import (
+    check_chunk_size, contiguous, launch_device, linear_recurrence, program_tile, scan_blocks, softplus,
+)
 from .scan_forward import chunk_states
 
 
@@ -35,17 +37,7 @@ def _scan_bwd_kernel(
     HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
 ):
-    b = tl.program_id(0).to(tl.int64)
-    g = tl.program_id(1).to(tl.int64)
-    n_blocks = tl.num_programs(1) * tl.num_programs(2)
-    block = g * tl.num_programs(2) + tl.program_id(2)
-    d_in_group = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = d_in_group < dim_per_group
-    d = g * dim_per_group + d_in_group
-    n = tl.arange(0, BLOCK_N)
-    mask_n = n < dstate
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    dn = d[:, None] * dstate + n[None, :]
+    b, g, n_blocks, block, d, mask_d, n, mask_n, mask_dn, dn = program_tile(dim_per_group, dstate, BLOCK_D, BLOCK_N)
 
     A = tl.load(A_ptr + dn, mask=mask_dn, other=0.0)
     halt_weight = tl.load(halt_weight_ptr + dn, mask=mask_dn, other=0.0)

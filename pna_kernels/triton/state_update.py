@@ -6,7 +6,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import contiguous, launch_device, softplus, state_blocks, x_log_x
+from .common import contiguous, launch_device, program_tile, softplus, state_blocks, x_log_x
 from .entropy import combine_partials
 
 
@@ -17,17 +17,7 @@ def _state_update_kernel(
     dim, dstate, n_groups, dim_per_group,
     HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    b = tl.program_id(0).to(tl.int64)
-    g = tl.program_id(1).to(tl.int64)
-    n_blocks = tl.num_programs(1) * tl.num_programs(2)
-    block = g * tl.num_programs(2) + tl.program_id(2)
-    d_in_group = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = d_in_group < dim_per_group
-    d = g * dim_per_group + d_in_group
-    n = tl.arange(0, BLOCK_N)
-    mask_n = n < dstate
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    dn = d[:, None] * dstate + n[None, :]
+    b, g, n_blocks, block, d, mask_d, n, mask_n, mask_dn, dn = program_tile(dim_per_group, dstate, BLOCK_D, BLOCK_N)
 
     x = tl.load(x_ptr + b * dim + d, mask=mask_d, other=0.0).to(tl.float32)
     dt = tl.load(dt_ptr + b * dim + d, mask=mask_d, other=0.0).to(tl.float32)
