@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from pathlib import Path
 from types import ModuleType
 
 import torch
@@ -40,6 +41,13 @@ AUTO_ORDER: dict[str, tuple[str, ...]] = {
     "cuda": ("cuda", "triton", "torch"),
     "cpu": ("cpu", "torch"),
 }
+
+
+def kernel_source_dir(kind: str) -> Path:
+    """Where the native sources of `kind` ("cpu" or "cuda") are: inside the installed package (a wheel carries
+    them, see setup.py) or, for an editable install, csrc/ of the source checkout."""
+    packaged = Path(__file__).resolve().parent / "csrc" / kind
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "csrc" / kind
 
 
 def backend_module(name: str) -> ModuleType:

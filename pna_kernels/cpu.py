@@ -13,18 +13,18 @@ Shapes follow the backend contract in pna_kernels/backends.py.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 from types import ModuleType
 
 import torch
 from torch import Tensor
 
+from .backends import kernel_source_dir
 from .reference import compute_dtype
 from .validation import FLOAT_DTYPES, MAX_STATE_DIM
 
 CHUNK_SIZE = 64
 
-SOURCE_DIR = Path(__file__).resolve().parent.parent / "csrc" / "cpu"
+SOURCE_DIR = kernel_source_dir("cpu")
 SOURCES = ("bindings.cpp", "scan_forward.cpp", "scan_backward.cpp", "state_update.cpp")
 EXTENSION_NAME = "pna_cpu_kernels"
 # No -march=native, so a build cached on one machine runs on any other (csrc/cpu/scan_common.h multiversions the
@@ -39,7 +39,7 @@ def _build() -> tuple[ModuleType | None, str | None]:
     """(extension, None) once the kernels are built, or (None, why not); tried once per process."""
     missing = [name for name in SOURCES if not (SOURCE_DIR / name).is_file()]
     if missing:
-        return None, f"its C++ sources {missing} are not in {SOURCE_DIR} (install pna from a source checkout)"
+        return None, f"its C++ sources {missing} are not in {SOURCE_DIR} (reinstall pna: pip install -e . from a source checkout)"
     from torch.utils import cpp_extension
 
     try:

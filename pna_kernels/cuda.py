@@ -21,6 +21,7 @@ from types import ModuleType
 
 import torch
 
+from .backends import kernel_source_dir
 from .validation import MAX_STATE_DIM
 
 # Steps per chunk; must equal kChunk in csrc/cuda/scan_common.cuh (the binding checks it). 16 keeps the
@@ -28,7 +29,7 @@ from .validation import MAX_STATE_DIM
 CHUNK_SIZE = 16
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-SOURCE_DIR = Path(__file__).resolve().parent.parent / "csrc" / "cuda"
+SOURCE_DIR = kernel_source_dir("cuda")
 BINDINGS = "bindings.cpp"
 EXTENSION_NAME = "pna_cuda_kernels"
 NVCC_FLAGS = ("-O3", "-std=c++17")
@@ -57,7 +58,7 @@ def _missing_toolchain() -> str | None:
     if find_nvcc() is None:
         return "nvcc was not found (set CUDA_HOME or put nvcc on PATH) to build the kernels in csrc/cuda"
     if not (SOURCE_DIR / BINDINGS).is_file() or not kernel_sources():
-        return f"its CUDA sources are not in {SOURCE_DIR} (install pna from a source checkout)"
+        return f"its CUDA sources are not in {SOURCE_DIR} (reinstall pna: pip install -e . from a source checkout)"
     return None
 
 
