@@ -148,3 +148,29 @@ def assert_state_update_matches_oracle(x: dict[str, Tensor | None], t: int, back
         assert_close_rel(name, g, w, rtol)
     assert got[0].dtype == step["x"].dtype
     assert_close_rel("state", state, state64, rtol)
+
+
+def assert_decode_loop_matches_scan(x: dict[str, Tensor | None], backend: str, rtol: float) -> None:
+    """Decoding x one step at a time with selective_state_update (from x["initial_state"], softplus on) gives the
+    full scan's out, entropy, halt_logits and last state, on the same backend: out within rtol, the float32 (or
+    float64) sums and state within the tier of their own dtype."""
+    from . import selective_scan, selective_state_update  # the public ops
+
+    full = selective_scan(
+        x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True, True,
+        halt_weight=x["halt_weight"], halt_bias=x["halt_bias"], initial_state=x["initial_state"], backend=backend,
+    )
+    state = x["initial_state"].clone()
+    steps = []
+    for t in range(x["u"].shape[-1]):
+        step = decode_inputs(x, t)
+        steps.append(selective_state_update(
+            state, step["x"], step["dt"], x["A"], step["B"], step["C"], x["D"], step["z"], x["delta_bias"], True,
+            halt_weight=x["halt_weight"], halt_bias=x["halt_bias"], backend=backend,
+        ))
+    ys, entropies, halts = (torch.stack(parts, -1) for parts in zip(*steps))
+    state_rtol = RTOL[state.dtype]
+    assert_close_rel("out", ys, full.out, rtol)
+    assert_close_rel("entropy", entropies, full.entropy, state_rtol)
+    assert_close_rel("halt_logits", halts, full.halt_logits, state_rtol)
+    assert_close_rel("last_state", state, full.last_state, state_rtol)

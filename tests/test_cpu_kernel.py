@@ -11,13 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import pna_kernels
 from pna_kernels import cpu, reference
 from pna_kernels.backends import resolve_backend
 from pna_kernels.reference import selective_scan_ref
 from pna_kernels.testing import (
-    RTOL, SCAN_INPUT_NAMES, assert_close_rel, assert_matches_oracle, assert_state_update_matches_oracle, cotangents,
-    decode_inputs, random_scan_inputs, scan_with_grads,
+    RTOL, SCAN_INPUT_NAMES, assert_close_rel, assert_decode_loop_matches_scan, assert_matches_oracle,
+    assert_state_update_matches_oracle, cotangents, decode_inputs, random_scan_inputs, scan_with_grads,
 )
 from pna_kernels.validation import check_scan_inputs
 
@@ -176,21 +175,7 @@ def test_state_update_matches_oracle(dtype, groups, with_z, softplus):
 
 
 def test_decode_loop_reproduces_the_scan():
-    x = make_inputs(2, 6, 9, 4, 2, torch.float64)
-    scan = pna_kernels.selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"],
-                                      True, True, halt_weight=x["halt_weight"], halt_bias=x["halt_bias"],
-                                      initial_state=x["initial_state"], backend="cpu")
-    state = x["initial_state"].clone()
-    for t in range(9):
-        step = decode_inputs(x, t)
-        y, entropy, halt = pna_kernels.selective_state_update(
-            state, step["x"], step["dt"], x["A"], step["B"], step["C"], x["D"], step["z"], x["delta_bias"], True,
-            halt_weight=x["halt_weight"], halt_bias=x["halt_bias"], backend="cpu",
-        )
-        assert_close_rel(f"y[{t}]", y, scan.out[..., t], RTOL[torch.float64])
-        assert_close_rel(f"entropy[{t}]", entropy, scan.entropy[:, t], RTOL[torch.float64])
-        assert_close_rel(f"halt[{t}]", halt, scan.halt_logits[:, t], RTOL[torch.float64])
-    assert_close_rel("last_state", state, scan.last_state, RTOL[torch.float64])
+    assert_decode_loop_matches_scan(make_inputs(2, 6, 9, 4, 2, torch.float64), "cpu", RTOL[torch.float64])
 
 
 def test_supports_and_auto_choice(monkeypatch):

@@ -23,8 +23,8 @@ import pna_kernels
 from pna_kernels import cuda as cuda_backend
 from pna_kernels import reference
 from pna_kernels.testing import (
-    RTOL, SCAN_OUTPUT_NAMES, assert_close_rel, assert_matches_oracle, assert_state_update_matches_oracle,
-    cotangents, decode_inputs, random_scan_inputs, scan_with_grads,
+    RTOL, SCAN_OUTPUT_NAMES, assert_close_rel, assert_decode_loop_matches_scan, assert_matches_oracle,
+    assert_state_update_matches_oracle, cotangents, random_scan_inputs, scan_with_grads,
 )
 from pna_kernels.validation import check_scan_inputs
 
@@ -191,27 +191,8 @@ def test_state_update_matches_oracle(dstate, groups, with_z, softplus):
 
 @gpu
 def test_decode_loop_equals_full_scan():
-    steps = 19
-    x = make_inputs(2, 12, steps, 16, 2, True, True, True, True, dtype=torch.bfloat16)
-    full = pna_kernels.selective_scan(
-        x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True, True,
-        halt_weight=x["halt_weight"], halt_bias=x["halt_bias"], initial_state=x["initial_state"], backend="cuda",
-    )
-    state = x["initial_state"].clone()
-    ys, entropies, halts = [], [], []
-    for t in range(steps):
-        step = decode_inputs(x, t)
-        y, entropy, halt = pna_kernels.selective_state_update(
-            state, step["x"], step["dt"], x["A"], step["B"], step["C"], x["D"], step["z"], x["delta_bias"], True,
-            halt_weight=x["halt_weight"], halt_bias=x["halt_bias"], backend="cuda",
-        )
-        ys.append(y)
-        entropies.append(entropy)
-        halts.append(halt)
-    assert_close_rel("out", torch.stack(ys, -1).float(), full.out.float(), RTOL[torch.bfloat16])
-    assert_close_rel("entropy", torch.stack(entropies, -1), full.entropy, RTOL[torch.float32])
-    assert_close_rel("halt_logits", torch.stack(halts, -1), full.halt_logits, RTOL[torch.float32])
-    assert_close_rel("last_state", state, full.last_state, RTOL[torch.float32])
+    x = make_inputs(2, 12, 19, 16, 2, True, True, True, True, dtype=torch.bfloat16)
+    assert_decode_loop_matches_scan(x, "cuda", RTOL[torch.bfloat16])
 
 
 @gpu

@@ -18,8 +18,9 @@ import pna_kernels.triton as triton_backend
 import pna_kernels.triton.common as triton_common
 from pna_kernels import reference
 from pna_kernels.testing import (
-    RTOL, SCAN_OUTPUT_NAMES, assert_close_rel, assert_matches_oracle, assert_state_update_matches_oracle,
-    cotangents, decode_inputs, oracle_with_grads, random_scan_inputs, scan_with_grads,
+    RTOL, SCAN_OUTPUT_NAMES, assert_close_rel, assert_decode_loop_matches_scan, assert_matches_oracle,
+    assert_state_update_matches_oracle, cotangents, decode_inputs, oracle_with_grads, random_scan_inputs,
+    scan_with_grads,
 )
 from pna_kernels.validation import check_scan_inputs
 
@@ -153,27 +154,8 @@ def test_state_update_matches_oracle(small_tiles, monkeypatch, dstate, groups, w
 
 @interpreted
 def test_decode_loop_equals_full_scan(small_tiles):
-    steps = 11
-    x = make_inputs(2, 6, steps, 4, 2, True, True, True, True)
-    full = pna_kernels.selective_scan(
-        x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True, True,
-        halt_weight=x["halt_weight"], halt_bias=x["halt_bias"], initial_state=x["initial_state"], backend="triton",
-    )
-    state = x["initial_state"].clone()
-    ys, entropies, halts = [], [], []
-    for t in range(steps):
-        step = decode_inputs(x, t)
-        y, entropy, halt = pna_kernels.selective_state_update(
-            state, step["x"], step["dt"], x["A"], step["B"], step["C"], x["D"], step["z"], x["delta_bias"], True,
-            halt_weight=x["halt_weight"], halt_bias=x["halt_bias"], backend="triton",
-        )
-        ys.append(y)
-        entropies.append(entropy)
-        halts.append(halt)
-    assert_close_rel("out", torch.stack(ys, -1), full.out, RTOL[torch.float32])
-    assert_close_rel("entropy", torch.stack(entropies, -1), full.entropy, RTOL[torch.float32])
-    assert_close_rel("halt_logits", torch.stack(halts, -1), full.halt_logits, RTOL[torch.float32])
-    assert_close_rel("last_state", state, full.last_state, RTOL[torch.float32])
+    x = make_inputs(2, 6, 11, 4, 2, True, True, True, True)
+    assert_decode_loop_matches_scan(x, "triton", RTOL[torch.float32])
 
 
 def test_supports_says_why_not(monkeypatch):
