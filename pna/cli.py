@@ -15,7 +15,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand's arguments."""
-    parser = argparse.ArgumentParser(prog="pna", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="pna",
+        description="Train, analyse and reproduce 'Architectural Proprioception in State Space Models' on the "
+        "fused selective-scan kernels. Start with `pna reproduce --quick`; `pna COMMAND --help` for each command.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
