@@ -96,3 +96,14 @@ def program_tile(dim_per_group, dstate, BLOCK_D: tl.constexpr, BLOCK_N: tl.const
     mask_dn = mask_d[:, None] & mask_n[None, :]
     dn = d[:, None] * dstate + n[None, :]
     return b, g, n_blocks, block, d, mask_d, n, mask_n, mask_dn, dn
+
+
+@triton.jit
+def load_scan_parameters(A_ptr, halt_weight_ptr, D_ptr, delta_bias_ptr, d, mask_d, dn, mask_dn):
+    """The tile's parameters (zero where masked): A and halt_weight (BLOCK_D, BLOCK_N), Dskip and delta_bias
+    (BLOCK_D,)."""
+    A = tl.load(A_ptr + dn, mask=mask_dn, other=0.0)
+    halt_weight = tl.load(halt_weight_ptr + dn, mask=mask_dn, other=0.0)
+    d_skip = tl.load(D_ptr + d, mask=mask_d, other=0.0)
+    delta_bias = tl.load(delta_bias_ptr + d, mask=mask_d, other=0.0)
+    return A, halt_weight, d_skip, delta_bias

@@ -22,7 +22,8 @@ import triton.language as tl
 from torch import Tensor
 
 from .common import (
-    check_chunk_size, contiguous, launch_device, linear_recurrence, program_tile, scan_blocks, softplus,
+    check_chunk_size, contiguous, launch_device, linear_recurrence, load_scan_parameters, program_tile,
+    scan_blocks, softplus,
 )
 from .scan_forward import chunk_states
 
@@ -39,10 +40,9 @@ def _scan_bwd_kernel(
 ):
     b, g, n_blocks, block, d, mask_d, n, mask_n, mask_dn, dn = program_tile(dim_per_group, dstate, BLOCK_D, BLOCK_N)
 
-    A = tl.load(A_ptr + dn, mask=mask_dn, other=0.0)
-    halt_weight = tl.load(halt_weight_ptr + dn, mask=mask_dn, other=0.0)
-    d_skip = tl.load(D_ptr + d, mask=mask_d, other=0.0)
-    delta_bias = tl.load(delta_bias_ptr + d, mask=mask_d, other=0.0)
+    A, halt_weight, d_skip, delta_bias = load_scan_parameters(
+        A_ptr, halt_weight_ptr, D_ptr, delta_bias_ptr, d, mask_d, dn, mask_dn
+    )
     carry = tl.load(grad_last_ptr + b * dim * dstate + dn, mask=mask_dn, other=0.0)
     acc_dA = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     acc_dhw = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)

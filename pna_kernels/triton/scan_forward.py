@@ -7,7 +7,8 @@ import triton.language as tl
 from torch import Tensor
 
 from .common import (
-    check_chunk_size, contiguous, launch_device, linear_recurrence, program_tile, scan_blocks, softplus, x_log_x,
+    check_chunk_size, contiguous, launch_device, linear_recurrence, load_scan_parameters, program_tile,
+    scan_blocks, softplus, x_log_x,
 )
 from .entropy import combine_partials
 
@@ -45,10 +46,9 @@ def _scan_fwd_kernel(
 ):
     b, g, n_blocks, block, d, mask_d, n, mask_n, mask_dn, dn = program_tile(dim_per_group, dstate, BLOCK_D, BLOCK_N)
 
-    A = tl.load(A_ptr + dn, mask=mask_dn, other=0.0)
-    halt_weight = tl.load(halt_weight_ptr + dn, mask=mask_dn, other=0.0)
-    d_skip = tl.load(D_ptr + d, mask=mask_d, other=0.0)
-    delta_bias = tl.load(delta_bias_ptr + d, mask=mask_d, other=0.0)
+    A, halt_weight, d_skip, delta_bias = load_scan_parameters(
+        A_ptr, halt_weight_ptr, D_ptr, delta_bias_ptr, d, mask_d, dn, mask_dn
+    )
     h = tl.load(init_ptr + b * dim * dstate + dn, mask=mask_dn, other=0.0)
 
     steps = tl.arange(0, CHUNK)
