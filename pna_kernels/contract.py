@@ -1,0 +1,160 @@
+"""The backend contract by name: what every backend's scan_forward / scan_backward / state_update take and return.
+
+A backend is a module (see backends.py) with
+
+    CHUNK_SIZE: int
+    supports(device, dtype, dstate) -> str | None      None if it runs these inputs, else a sentence saying why not
+    scan_forward(args: ScanArgs) -> ScanResult
+    scan_backward(args: ScanArgs, saved: ScanSaved, cot: ScanCotangents) -> ScanGrads
+    state_update(args: StateUpdateArgs) -> StateUpdateResult     (updates args.state in place)
+
+Inputs arrive validated and in canonical form (validation.py): contiguous; B and C (batch, G, N, L) (decode:
+(batch, G, N)); the parameters A, D, delta_bias, halt_weight, halt_bias, initial_state in the compute dtype
+(float32, or float64 for float64 inputs) with every optional one but z materialised (zeros).
+
+Shapes, with batch, D (channels), L (length), N (state size), G (B/C groups), K = ceil(L / chunk_size):
+    out (batch, D, L) in u's dtype; entropy, halt_logits (batch, L); last_state (batch, D, N);
+    channel_mean (batch, L, N) = mean over d of h_t[d, :] when args.with_channel_mean, else an empty (0,) tensor;
+    checkpoints (batch, K, D, N) = the state before each chunk; entropy_sums (batch, 2, L) = S1, S2 of every step.
+All outputs but `out` are in the compute dtype. A non-finite state gives NaN entropy (never a finite number).
+Gradients come back in the dtype and shape of their input; dz is None when z is None.
+
+Only the torch.library boundary (ops.py) flattens these to positional tensors, in the order of the dataclass
+fields (`fields_of`, `flatten`, `unflatten`), so adding an input or output is one field here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Optional, TypeVar
+
+from torch import Tensor
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ScanArgs:
+    """Validated, canonical inputs of the fused scan (see the module docstring for shapes)."""
+
+    u: Tensor
+    delta: Tensor
+    A: Tensor
+    B: Tensor
+    C: Tensor
+    D: Tensor
+    z: Optional[Tensor]
+    delta_bias: Tensor
+    halt_weight: Tensor
+    halt_bias: Tensor
+    initial_state: Tensor
+    delta_softplus: bool
+    with_channel_mean: bool
+    chunk_size: int
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """Forward outputs: the four public ones, the optional channel mean, and what the backward needs."""
+
+    out: Tensor
+    entropy: Tensor
+    halt_logits: Tensor
+    last_state: Tensor
+    channel_mean: Tensor
+    checkpoints: Tensor
+    entropy_sums: Tensor
+
+    @property
+    def saved(self) -> "ScanSaved":
+        return ScanSaved(checkpoints=self.checkpoints, entropy_sums=self.entropy_sums)
+
+
+@dataclass(frozen=True)
+class ScanSaved:
+    """What the forward leaves for the backward (besides the inputs): chunk-boundary states and S1/S2 per step."""
+
+    checkpoints: Tensor
+    entropy_sums: Tensor
+
+
+@dataclass(frozen=True)
+class ScanCotangents:
+    """Incoming gradients, materialised (zeros where an output got none). grad_channel_mean is (batch, L, N) when
+    args.with_channel_mean, else an empty (0,) tensor."""
+
+    grad_out: Tensor
+    grad_entropy: Tensor
+    grad_halt: Tensor
+    grad_last_state: Tensor
+    grad_channel_mean: Tensor
+
+
+@dataclass(frozen=True)
+class ScanGrads:
+    """Gradients of every tensor input of ScanArgs (dz None when z is None)."""
+
+    u: Tensor
+    delta: Tensor
+    A: Tensor
+    B: Tensor
+    C: Tensor
+    D: Tensor
+    z: Optional[Tensor]
+    delta_bias: Tensor
+    halt_weight: Tensor
+    halt_bias: Tensor
+    initial_state: Tensor
+
+
+@dataclass(frozen=True)
+class StateUpdateArgs:
+    """Validated inputs of one decode step: state (batch, D, N) in the compute dtype (updated in place),
+    x, dt, z (batch, D); B, C (batch, G, N); parameters materialised in the compute dtype."""
+
+    state: Tensor
+    x: Tensor
+    dt: Tensor
+    A: Tensor
+    B: Tensor
+    C: Tensor
+    D: Tensor
+    z: Optional[Tensor]
+    dt_bias: Tensor
+    halt_weight: Tensor
+    halt_bias: Tensor
+    dt_softplus: bool
+
+
+@dataclass(frozen=True)
+class StateUpdateResult:
+    """One decode step's outputs: y (batch, D) in x's dtype; entropy, halt_logits (batch,) and channel_mean
+    (batch, N) = mean over d of the new state, in the compute dtype."""
+
+    y: Tensor
+    entropy: Tensor
+    halt_logits: Tensor
+    channel_mean: Tensor
+
+
+def fields_of(cls: type) -> tuple[str, ...]:
+    """The field names of a contract dataclass, in declaration order (the order of the flattened form)."""
+    return tuple(f.name for f in fields(cls))
+
+
+def tensor_fields(cls: type) -> tuple[str, ...]:
+    """The names of the fields that hold tensors (everything but the bool/int flags)."""
+    return tuple(f.name for f in fields(cls) if f.type not in ("bool", "int", bool, int))
+
+
+def flatten(obj: Any, names: tuple[str, ...] | None = None) -> tuple:
+    """The values of `obj`'s fields (or of `names`), in order."""
+    return tuple(getattr(obj, n) for n in (names or fields_of(type(obj))))
+
+
+def unflatten(cls: type[T], values, names: tuple[str, ...] | None = None, **extra: Any) -> T:
+    """Rebuild a contract dataclass from values in field order (or the order of `names`), plus keyword fields."""
+    names = names or fields_of(cls)
+    values = tuple(values)
+    if len(values) != len(names):
+        raise TypeError(f"{cls.__name__}: expected {len(names)} values ({', '.join(names)}), got {len(values)}")
+    return cls(**dict(zip(names, values)), **extra)
