@@ -1,25 +1,18 @@
 """Backend registry and selection.
 
-A backend is a module with the same four names, so ops.py can dispatch to any of them:
+A backend is a module with the names of the contract in pna_kernels/contract.py, so ops.py can dispatch to any
+of them by name:
 
     CHUNK_SIZE: int
         Steps per chunk; the forward saves the state before every chunk for the backward to recompute from.
     supports(device, dtype, dstate) -> str | None
         None if the backend runs these inputs, else a sentence saying why not.
-    scan_forward(u, delta, A, B, C, D, z, delta_bias, halt_weight, halt_bias, initial_state, delta_softplus,
-                 chunk_size) -> (out, entropy, halt_logits, last_state, checkpoints, entropy_sums)
-    scan_backward(grad_out, grad_entropy, grad_halt, grad_last_state, u, delta, A, B, C, D, z, delta_bias,
-                  halt_weight, halt_bias, initial_state, checkpoints, entropy_sums, delta_softplus, chunk_size)
-        -> (du, ddelta, dA, dB, dC, dD, dz or None, ddelta_bias, dhalt_weight, dhalt_bias, dinitial_state)
-    state_update(state, x, dt, A, B, C, D, z, dt_bias, halt_weight, halt_bias, dt_softplus)
-        -> (y, entropy, halt_logits), updating state (batch, D, N) in place.
+    scan_forward(args: ScanArgs) -> ScanResult
+    scan_backward(args: ScanArgs, saved: ScanSaved, cot: ScanCotangents) -> ScanGrads
+    state_update(args: StateUpdateArgs) -> StateUpdateResult          (updates args.state in place)
 
-Inputs arrive in the canonical form of validation.ScanArgs: contiguous, B and C (batch, G, N, L), parameters
-(A, D, delta_bias, halt_weight, halt_bias, initial_state) in the compute dtype (float32, or float64 for float64
-inputs), every optional one but z materialised. Outputs: out (batch, D, L) in u's dtype; entropy, halt_logits
-(batch, L), last_state (batch, D, N), checkpoints (batch, ceil(L / chunk_size), D, N) and entropy_sums
-(batch, 2, L) holding S1 = sum h^2 and S2 = sum h^2 log h^2 of every step, all in the compute dtype.
-Gradients come back in the dtype and shape of their input.
+Inputs arrive validated and canonical (validation.py builds them); shapes and dtypes of every field are in the
+contract's docstring.
 """
 from __future__ import annotations
 

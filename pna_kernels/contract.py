@@ -20,16 +20,24 @@ All outputs but `out` are in the compute dtype. A non-finite state gives NaN ent
 Gradients come back in the dtype and shape of their input; dz is None when z is None.
 
 Only the torch.library boundary (ops.py) flattens these to positional tensors, in the order of the dataclass
-fields (`fields_of`, `flatten`, `unflatten`), so adding an input or output is one field here.
+fields (`fields_of`, `flatten`, `unflatten`, `op_schema`), so adding an input or output is one field here.
+`new_scan_result`, `new_scan_grads` and `new_state_update_result` allocate outputs of the contract's shapes and
+dtypes (the fake kernels use them; a native backend may too).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Optional, TypeVar
+from typing import Any, Optional, Sequence, TypeVar
 
+import torch
 from torch import Tensor
 
 T = TypeVar("T")
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the recurrence runs in: float64 for float64 inputs, float32 for everything else."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @dataclass(frozen=True)
@@ -158,3 +166,70 @@ def unflatten(cls: type[T], values, names: tuple[str, ...] | None = None, **extr
     if len(values) != len(names):
         raise TypeError(f"{cls.__name__}: expected {len(names)} values ({', '.join(names)}), got {len(values)}")
     return cls(**dict(zip(names, values)), **extra)
+
+
+# Which cotangent belongs to which output of ScanResult (the backward gets one per differentiable output).
+COTANGENT_OF: dict[str, str] = {
+    "out": "grad_out",
+    "entropy": "grad_entropy",
+    "halt_logits": "grad_halt",
+    "last_state": "grad_last_state",
+    "channel_mean": "grad_channel_mean",
+}
+
+_SCHEMA_TYPES = {"Tensor": "Tensor", "Optional[Tensor]": "Tensor?", "bool": "bool", "int": "int", "str": "str"}
+
+
+def op_schema(inputs: Sequence[type], returns: type, extra: Sequence[tuple[str, str]] = (),
+              mutated: Sequence[str] = ()) -> str:
+    """The torch.library schema of an op taking the fields of `inputs` (in order) and then `extra` (name, type)
+    pairs, returning one Tensor per field of `returns`; `mutated` names inputs the op writes in place.
+
+    A field typed Optional[Tensor] is `Tensor?`; every returned field is a Tensor (an absent one, like dz without
+    z, travels as an empty (0,) tensor)."""
+    params = []
+    for cls in inputs:
+        for f in fields(cls):
+            kind = _SCHEMA_TYPES[f.type if isinstance(f.type, str) else f.type.__name__]
+            params.append(f"{'Tensor(a!)' if f.name in mutated else kind} {f.name}")
+    params += [f"{kind} {name}" for name, kind in extra]
+    return f"({', '.join(params)}) -> ({', '.join('Tensor' for _ in fields(returns))})"
+
+
+def scan_result_shapes(args: ScanArgs) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """(shape, dtype) of every ScanResult field for `args`, in field order."""
+    batch, dim, length = args.u.shape
+    dstate = args.A.shape[1]
+    cdt = args.A.dtype  # parameters arrive in the compute dtype
+    return {
+        "out": ((batch, dim, length), args.u.dtype),
+        "entropy": ((batch, length), cdt),
+        "halt_logits": ((batch, length), cdt),
+        "last_state": ((batch, dim, dstate), cdt),
+        "channel_mean": ((batch, length, dstate) if args.with_channel_mean else (0,), cdt),
+        "checkpoints": ((batch, -(-length // args.chunk_size), dim, dstate), cdt),
+        "entropy_sums": ((batch, 2, length), cdt),
+    }
+
+
+def new_scan_result(args: ScanArgs) -> ScanResult:
+    """An uninitialised ScanResult of the contract's shapes and dtypes for `args`, on args.u's device."""
+    return ScanResult(**{n: args.u.new_empty(shape, dtype=dtype) for n, (shape, dtype) in scan_result_shapes(args).items()})
+
+
+def new_scan_grads(args: ScanArgs) -> ScanGrads:
+    """Uninitialised gradients, one like each tensor input of `args` (z None when args.z is None)."""
+    return ScanGrads(**{n: None if getattr(args, n) is None else torch.empty_like(getattr(args, n))
+                        for n in fields_of(ScanGrads)})
+
+
+def new_state_update_result(args: StateUpdateArgs) -> StateUpdateResult:
+    """An uninitialised StateUpdateResult of the contract's shapes and dtypes for `args`."""
+    batch, dim, dstate = args.state.shape
+    cdt = args.state.dtype
+    return StateUpdateResult(
+        y=torch.empty_like(args.x),
+        entropy=args.x.new_empty(batch, dtype=cdt),
+        halt_logits=args.x.new_empty(batch, dtype=cdt),
+        channel_mean=args.x.new_empty(batch, dstate, dtype=cdt),
+    )

@@ -19,7 +19,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import reference
-from .reference import compute_dtype, discretize_dt, entropy_from_sums, entropy_sums
+from .contract import (
+    ScanArgs, ScanCotangents, ScanGrads, ScanResult, ScanSaved, StateUpdateArgs, StateUpdateResult, compute_dtype,
+)
+from .reference import discretize_dt, entropy_from_sums, entropy_sums
 
 CHUNK_SIZE = 64
 
@@ -185,7 +188,7 @@ def selective_scan_parallel(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The "torch" backend (contract in pna_kernels/backends.py).
+# The "torch" backend (contract in pna_kernels/contract.py).
 
 
 def supports(device: torch.device, dtype: torch.dtype, dstate: int) -> str | None:
@@ -193,42 +196,19 @@ def supports(device: torch.device, dtype: torch.dtype, dstate: int) -> str | Non
     return None
 
 
-def scan_forward(
-    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor | None, delta_bias: Tensor,
-    halt_weight: Tensor, halt_bias: Tensor, initial_state: Tensor, delta_softplus: bool, chunk_size: int,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Backend forward on canonical inputs (see pna_kernels.backends): out (batch, D, L), entropy and
-    halt_logits (batch, L), last_state (batch, D, N), checkpoints (batch, ceil(L / chunk_size), D, N) and
-    entropy_sums (batch, 2, L)."""
-    out, s1, s2, halt, states = _scan_states(
-        u, delta, A, B, C, D, z, delta_bias, delta_softplus, halt_weight, halt_bias, initial_state
-    )
-    checkpoints = reference.checkpoints_from_states(initial_state, states, chunk_size)
-    return out, entropy_from_sums(s1, s2), halt, states[:, -1].contiguous(), checkpoints, torch.stack([s1, s2], 1)
+def scan_forward(args: ScanArgs) -> ScanResult:
+    """Backend forward (pna_kernels.contract). The states (batch, L, D, N) exist only while it runs: the result
+    keeps the chunk checkpoints, S1/S2 and, when asked, their mean over D."""
+    out, s1, s2, halt, states = _scan_states(**reference.oracle_kwargs(args))
+    return reference.result_from_states(args, out, halt, states, s1, s2)
 
 
-def scan_backward(
-    grad_out: Tensor, grad_entropy: Tensor, grad_halt: Tensor, grad_last_state: Tensor,
-    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor | None, delta_bias: Tensor,
-    halt_weight: Tensor, halt_bias: Tensor, initial_state: Tensor, checkpoints: Tensor, entropy_sums: Tensor,
-    delta_softplus: bool, chunk_size: int,
-) -> tuple[Tensor | None, ...]:
-    """Backend backward by recomputing the parallel scan under autograd: gradients for (u, delta, A, B, C, D, z,
-    delta_bias, halt_weight, halt_bias, initial_state); the one for z is None when z is None."""
-    return reference.backward_by_recompute(
-        selective_scan_parallel,
-        (grad_out, grad_entropy, grad_halt, grad_last_state),
-        (u, delta, A, B, C, D, z, delta_bias, halt_weight, halt_bias, initial_state),
-        delta_softplus,
-    )
+def scan_backward(args: ScanArgs, saved: ScanSaved, cot: ScanCotangents) -> ScanGrads:
+    """Backend backward (pna_kernels.contract): recompute the parallel scan under autograd."""
+    return reference.backward_by_recompute(selective_scan_parallel, args, cot)
 
 
-def state_update(
-    state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor | None,
-    dt_bias: Tensor, halt_weight: Tensor, halt_bias: Tensor, dt_softplus: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Backend decode step: (y, entropy, halt_logits); updates state in place. One step has no time axis to
+def state_update(args: StateUpdateArgs) -> StateUpdateResult:
+    """Backend decode step (pna_kernels.contract); updates args.state in place. One step has no time axis to
     parallelise, so it is the reference's."""
-    return reference.selective_state_update_ref(
-        state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, halt_weight, halt_bias
-    )
+    return reference.state_update(args)

@@ -10,14 +10,16 @@ Shapes (mamba-ssm's selective_scan_fn layout):
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype the recurrence runs in: float64 for float64 inputs, float32 for everything else."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from .contract import (
+    COTANGENT_OF, ScanArgs, ScanCotangents, ScanGrads, ScanResult, ScanSaved, StateUpdateArgs, StateUpdateResult,
+    compute_dtype, fields_of, tensor_fields,
+)
 
 
 def expand_groups(BC: Tensor, D: int) -> Tensor:
@@ -40,10 +42,11 @@ def entropy_sums(h: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def entropy_from_sums(s1: Tensor, s2: Tensor) -> Tensor:
-    """H = log(S1) - S2 / S1, and 0 where S1 == 0."""
-    positive = s1 > 0
-    s1_safe = torch.where(positive, s1, torch.ones_like(s1))
-    return torch.where(positive, torch.log(s1_safe) - s2 / s1_safe, torch.zeros_like(s1))
+    """H = log(S1) - S2 / S1, and 0 where S1 == 0. A non-finite state (S1 NaN or Inf) gives NaN, never 0."""
+    zero = s1 == 0
+    s1_safe = torch.where(zero, torch.ones_like(s1), s1)
+    entropy = torch.where(zero, torch.zeros_like(s1), torch.log(s1_safe) - s2 / s1_safe)
+    return torch.where(torch.isinf(s1), torch.full_like(s1, float("nan")), entropy)
 
 
 def state_entropy(h: Tensor) -> Tensor:
@@ -174,13 +177,33 @@ def checkpoints_from_states(initial_state: Tensor, states: Tensor, chunk_size: i
     return torch.cat([initial_state.to(states.dtype)[:, None], before], dim=1)
 
 
-def scan_forward(u, delta, A, B, C, D, z, delta_bias, halt_weight, halt_bias, initial_state, delta_softplus, chunk_size):
-    """Backend forward: (out, entropy, halt_logits, last_state, checkpoints, entropy_sums)."""
-    out, entropy, halt, last, states = selective_scan_ref(
-        u, delta, A, B, C, D, z, delta_bias, delta_softplus, halt_weight, halt_bias, initial_state
+ORACLE_FLAGS = ("with_channel_mean", "chunk_size")  # ScanArgs fields the oracle functions do not take
+
+
+def oracle_kwargs(args: ScanArgs) -> dict:
+    """ScanArgs as keyword arguments of selective_scan_ref / parallel.selective_scan_parallel."""
+    return {n: getattr(args, n) for n in fields_of(ScanArgs) if n not in ORACLE_FLAGS}
+
+
+def result_from_states(args: ScanArgs, out: Tensor, halt: Tensor, states: Tensor, s1: Tensor, s2: Tensor
+                       ) -> ScanResult:
+    """The backend forward's ScanResult from the scan's output, halt logits, S1, S2 and every state
+    (batch, L, D, N): channel mean, checkpoints and entropy sums derived from the states."""
+    return ScanResult(
+        out=out,
+        entropy=entropy_from_sums(s1, s2),
+        halt_logits=halt,
+        last_state=states[:, -1].contiguous(),
+        channel_mean=states.mean(dim=2) if args.with_channel_mean else states.new_empty(0),
+        checkpoints=checkpoints_from_states(args.initial_state, states, args.chunk_size),
+        entropy_sums=torch.stack([s1, s2], 1),
     )
-    s1, s2 = entropy_sums(states)
-    return out, entropy, halt, last, checkpoints_from_states(initial_state, states, chunk_size), torch.stack([s1, s2], 1)
+
+
+def scan_forward(args: ScanArgs) -> ScanResult:
+    """Backend forward (pna_kernels.contract)."""
+    out, _, halt, _, states = selective_scan_ref(**oracle_kwargs(args))
+    return result_from_states(args, out, halt, states, *entropy_sums(states))
 
 
 def autograd_inside_custom_op() -> torch._C._ForceDispatchKeyGuard:
@@ -192,41 +215,38 @@ def autograd_inside_custom_op() -> torch._C._ForceDispatchKeyGuard:
     return torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), exclude)
 
 
-def backward_by_recompute(scan_fn, grads, inputs, delta_softplus):
-    """Gradients of a differentiable scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, halt_weight,
-    halt_bias, initial_state) -> (out, entropy, halt, last_state, ...) by running it again under autograd."""
-    names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "halt_weight", "halt_bias", "initial_state")
-    leaves = {n: (None if t is None else t.detach().requires_grad_(True)) for n, t in zip(names, inputs)}
+def backward_by_recompute(scan_fn: Callable[..., tuple], args: ScanArgs, cot: ScanCotangents) -> ScanGrads:
+    """Gradients of a differentiable scan_fn(**oracle_kwargs(args)) -> (out, entropy, halt_logits, last_state,
+    states) by running it again under autograd; the channel mean (states averaged over D) joins the outputs when
+    args.with_channel_mean."""
+    names = tensor_fields(ScanArgs)
+    leaves = {n: (None if getattr(args, n) is None else getattr(args, n).detach().requires_grad_(True))
+              for n in names}
     with autograd_inside_custom_op(), torch.enable_grad():
-        out, entropy, halt, last = scan_fn(
-            leaves["u"], leaves["delta"], leaves["A"], leaves["B"], leaves["C"], leaves["D"], leaves["z"],
-            leaves["delta_bias"], delta_softplus, leaves["halt_weight"], leaves["halt_bias"], leaves["initial_state"],
-        )[:4]
-        wrt = [leaves[n] for n in names if leaves[n] is not None]
-        got = torch.autograd.grad((out, entropy, halt, last), wrt, grads, allow_unused=True)
+        out, entropy, halt, last, states = scan_fn(**{**oracle_kwargs(args), **leaves})
+        outputs = {"out": out, "entropy": entropy, "halt_logits": halt, "last_state": last}
+        if args.with_channel_mean:
+            outputs["channel_mean"] = states.mean(dim=2)
+        wrt = [t for t in leaves.values() if t is not None]
+        got = torch.autograd.grad(tuple(outputs.values()), wrt,
+                                  tuple(getattr(cot, COTANGENT_OF[n]) for n in outputs), allow_unused=True)
     got_iter = iter(got)
-    result = []
-    for n in names:
-        if leaves[n] is None:
-            result.append(None)
-            continue
-        g = next(got_iter)
-        result.append(torch.zeros_like(leaves[n]) if g is None else g)
-    return tuple(result)
+    grads = {}
+    for n, leaf in leaves.items():
+        g = None if leaf is None else next(got_iter)
+        grads[n] = None if leaf is None else (torch.zeros_like(leaf) if g is None else g)
+    return ScanGrads(**grads)
 
 
-def scan_backward(grad_out, grad_entropy, grad_halt, grad_last_state, u, delta, A, B, C, D, z, delta_bias,
-                  halt_weight, halt_bias, initial_state, checkpoints, entropy_sums, delta_softplus, chunk_size):
-    """Backend backward: gradients for (u, delta, A, B, C, D, z, delta_bias, halt_weight, halt_bias,
-    initial_state); the one for z is None when z is None."""
-    return backward_by_recompute(
-        selective_scan_ref,
-        (grad_out, grad_entropy, grad_halt, grad_last_state),
-        (u, delta, A, B, C, D, z, delta_bias, halt_weight, halt_bias, initial_state),
-        delta_softplus,
+def scan_backward(args: ScanArgs, saved: ScanSaved, cot: ScanCotangents) -> ScanGrads:
+    """Backend backward (pna_kernels.contract): recompute the oracle under autograd."""
+    return backward_by_recompute(selective_scan_ref, args, cot)
+
+
+def state_update(args: StateUpdateArgs) -> StateUpdateResult:
+    """Backend decode step (pna_kernels.contract); updates args.state in place."""
+    y, entropy, halt = selective_state_update_ref(
+        args.state, args.x, args.dt, args.A, args.B, args.C, args.D, args.z, args.dt_bias, args.dt_softplus,
+        args.halt_weight, args.halt_bias,
     )
-
-
-def state_update(state, x, dt, A, B, C, D, z, dt_bias, halt_weight, halt_bias, dt_softplus):
-    """Backend decode step: (y, entropy, halt_logits); updates state in place."""
-    return selective_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, halt_weight, halt_bias)
+    return StateUpdateResult(y=y, entropy=entropy, halt_logits=halt, channel_mean=args.state.mean(dim=1))

@@ -15,7 +15,7 @@ from pna_kernels.reference import (
     selective_state_update_ref,
     state_entropy,
 )
-from pna_kernels.testing import random_scan_inputs
+from pna_kernels.testing import random_scan_inputs, run_scan
 
 
 def naive_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, halt_weight, halt_bias, initial_state):
@@ -115,6 +115,14 @@ def test_zero_input_scan_has_zero_entropy_and_finite_gradients():
         assert torch.isfinite(t.grad).all(), name
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 1e200], ids=["nan", "inf", "overflow"])
+def test_non_finite_state_has_nan_entropy(value):
+    """A state holding NaN or Inf, or one whose energy overflows, has no entropy: NaN, never a finite number."""
+    h = torch.ones(3, 4, dtype=torch.float64)
+    h[1, 2] = value
+    assert torch.isnan(state_entropy(h)).item()
+
+
 def test_single_entry_state_has_zero_entropy():
     h = torch.zeros(5, 7, dtype=torch.float64)
     h[3, 2] = -2.5
@@ -155,20 +163,13 @@ def test_entropy_gradient_is_zero_at_a_zero_entry():
 
 @pytest.mark.parametrize("groups,grouped,softplus", [(2, True, True), (1, False, False)])
 def test_gradcheck_every_input(groups, grouped, softplus):
-    x = random_scan_inputs(2, 4, 5, 3, groups=groups, dtype=torch.float64, seed=7, grouped_bc=grouped)
-    if not softplus:  # keep dt > 0 so the state decays and finite differences stay well conditioned
-        x["delta"] = torch.nn.functional.softplus(x["delta"])
+    x = random_scan_inputs(2, 4, 5, 3, groups=groups, dtype=torch.float64, seed=7, grouped_bc=grouped,
+                           delta_softplus=softplus)
     names = [k for k, v in x.items() if v is not None]
     leaves = tuple(x[k].requires_grad_(True) for k in names)
 
     def fn(*tensors):
-        a = dict(zip(names, tensors))
-        res = pna_kernels.selective_scan(
-            a["u"], a["delta"], a["A"], a["B"], a["C"], a["D"], a["z"], a["delta_bias"], softplus, True,
-            halt_weight=a["halt_weight"], halt_bias=a["halt_bias"], initial_state=a["initial_state"],
-            backend="reference",
-        )
-        return tuple(res)
+        return tuple(run_scan(dict(zip(names, tensors)), "reference", softplus, return_channel_mean=True))
 
     assert "halt_bias" in names and "initial_state" in names and "halt_weight" in names
     assert torch.autograd.gradcheck(fn, leaves, atol=1e-7, rtol=1e-6)

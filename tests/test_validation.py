@@ -42,7 +42,7 @@ def step_inputs() -> dict:
         return torch.randn(*shape, generator=gen)
 
     return {
-        "state": r(BATCH, DIM, DSTATE), "x": r(BATCH, DIM), "dt": r(BATCH, DIM), "A": -torch.rand(DIM, DSTATE),
+        "state": r(BATCH, DIM, DSTATE), "x": r(BATCH, DIM), "dt": r(BATCH, DIM), "A": -torch.rand(DIM, DSTATE, generator=gen),
         "B": r(BATCH, GROUPS, DSTATE), "C": r(BATCH, GROUPS, DSTATE), "D": r(DIM), "z": r(BATCH, DIM),
         "dt_bias": r(DIM), "halt_weight": r(DIM, DSTATE), "halt_bias": r(1)[0],
     }
@@ -125,11 +125,28 @@ def test_scan_check_finite_false_skips_activations(name):
 
 
 @pytest.mark.parametrize("name", [n for n in SCAN_TENSORS if n not in SCAN_ACTIVATIONS])
-def test_scan_check_finite_false_still_checks_parameters(name):
+def test_scan_check_finite_false_skips_parameters_too(name):
+    """check_finite=False reads no tensor data at all (so a GPU call never synchronises): a NaN parameter goes
+    through and shows up in the results."""
     bad = scan_inputs()[name].clone()
     bad.view(-1)[0] = float("nan")
-    with pytest.raises(ValueError, match=f"^{name}: contains NaN or Inf"):
-        scan(**{name: bad}, check_finite=False)
+    res = scan(**{name: bad}, check_finite=False, return_last_state=True)
+    assert any(torch.isnan(t).any() for t in res if t is not None)
+
+
+@pytest.mark.parametrize("call", ["scan", "step"])
+def test_check_finite_false_reads_no_tensor_data(call, monkeypatch):
+    """With check_finite=False neither validation nor dispatch turns a tensor into a Python value (the CPU
+    stand-in for "no device -> host sync": Tensor.__bool__ / item / tolist raise if called)."""
+    def refuse(self, *args):
+        raise AssertionError("read tensor data on the host")
+
+    for method in ("__bool__", "item", "tolist", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, method, refuse)
+    if call == "scan":
+        scan(check_finite=False, backend="torch", halt_bias=0.5)
+    else:
+        step(check_finite=False, backend="torch", halt_bias=0.5)
 
 
 def test_scan_state_size_limit():
@@ -156,9 +173,51 @@ def test_scan_bad_backend():
         scan(backend="no-such-backend")
 
 
-def test_scan_delta_softplus_must_be_bool():
-    with pytest.raises(ValueError, match="^delta_softplus:"):
-        scan(delta_softplus=1)
+SCAN_FLAGS = ("delta_softplus", "return_last_state", "return_channel_mean", "check_finite")
+NOT_BOOLS = ["no", "", 2, -1, 0.5, None, [True]]
+
+
+@pytest.mark.parametrize("value", NOT_BOOLS, ids=repr)
+@pytest.mark.parametrize("name", SCAN_FLAGS)
+def test_scan_flag_must_be_a_bool(name, value):
+    with pytest.raises(ValueError, match=f"^{name}: expected a bool"):
+        scan(**{name: value})
+
+
+@pytest.mark.parametrize("name", SCAN_FLAGS)
+def test_scan_flag_accepts_one_and_zero_like_true_and_false(name):
+    for number, flag in ((1, True), (0, False)):
+        as_number, as_bool = scan(**{name: number}), scan(**{name: flag})
+        for a, b in zip(as_number, as_bool):
+            assert (a is None and b is None) or torch.equal(a, b)
+
+
+def test_scan_python_float_halt_bias_keeps_float64_precision():
+    x = {k: v.double() for k, v in scan_inputs().items() if k != "halt_bias"}
+    bias = 0.1 + 1e-12  # not representable in float32
+    by_float = scan(**x, halt_bias=bias).halt_logits
+    by_tensor = scan(**x, halt_bias=torch.tensor(bias, dtype=torch.float64)).halt_logits
+    assert by_float.dtype == torch.float64
+    assert torch.equal(by_float, by_tensor)
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference", "torch"])
+def test_scan_on_meta_tensors_gives_shapes(backend):
+    """Inputs on the meta device have no data: the call goes through the fake kernels and returns shapes."""
+    x = {k: v.to("meta") for k, v in scan_inputs().items()}
+    res = scan(**x, backend=backend, return_last_state=True, return_channel_mean=True)
+    assert res.out.device.type == "meta" and res.out.shape == (BATCH, DIM, LENGTH)
+    assert res.entropy.shape == res.halt_logits.shape == (BATCH, LENGTH)
+    assert res.last_state.shape == (BATCH, DIM, DSTATE)
+    assert res.channel_mean.shape == (BATCH, LENGTH, DSTATE)
+
+
+def test_step_on_meta_tensors_gives_shapes():
+    x = {k: v.to("meta") for k, v in step_inputs().items()}
+    y, entropy, halt, mean = step(**x, return_channel_mean=True)
+    assert y.device.type == "meta" and y.shape == (BATCH, DIM)
+    assert entropy.shape == halt.shape == (BATCH,)
+    assert mean.shape == (BATCH, DSTATE)
 
 
 @pytest.mark.parametrize("name", [n for n in STEP_TENSORS if n != "x"])  # x defines the shapes
@@ -220,6 +279,30 @@ def test_step_bad_backend():
         step(backend="no-such-backend")
 
 
-def test_step_dt_softplus_must_be_bool():
-    with pytest.raises(ValueError, match="^dt_softplus:"):
-        step(dt_softplus="yes")
+@pytest.mark.parametrize("value", NOT_BOOLS, ids=repr)
+@pytest.mark.parametrize("name", ("dt_softplus", "return_channel_mean", "check_finite"))
+def test_step_flag_must_be_a_bool(name, value):
+    with pytest.raises(ValueError, match=f"^{name}: expected a bool"):
+        step(**{name: value})
+
+
+def test_step_accepts_one_and_zero_for_dt_softplus():
+    for number, flag in ((1, True), (0, False)):
+        for a, b in zip(step(dt_softplus=number), step(dt_softplus=flag)):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+@pytest.mark.parametrize("name", STEP_TENSORS)
+def test_step_non_finite(name, value):
+    bad = step_inputs()[name].clone()
+    bad.view(-1)[-1] = value
+    with pytest.raises(ValueError, match=f"^{name}: contains NaN or Inf"):
+        step(**{name: bad})
+
+
+def test_step_rejects_a_state_that_requires_grad():
+    state = step_inputs()["state"].requires_grad_(True)
+    with pytest.raises(ValueError, match="^state: requires grad"):
+        step(state=state)
+    assert state.grad is None and state._version == 0  # untouched
