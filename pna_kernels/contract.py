@@ -144,14 +144,26 @@ class StateUpdateResult:
     channel_mean: Tensor
 
 
+CONTRACT_CLASSES = (ScanArgs, ScanResult, ScanSaved, ScanCotangents, ScanGrads, StateUpdateArgs, StateUpdateResult)
+for _cls in CONTRACT_CLASSES:
+    # Field names kept on the class as plain tuples: torch.compile traces reading them, not dataclasses.fields().
+    _cls.FIELD_NAMES = tuple(f.name for f in fields(_cls))
+    _cls.TENSOR_FIELDS = tuple(f.name for f in fields(_cls) if f.type not in ("bool", "int", bool, int))
+
+
 def fields_of(cls: type) -> tuple[str, ...]:
     """The field names of a contract dataclass, in declaration order (the order of the flattened form)."""
-    return tuple(f.name for f in fields(cls))
+    return cls.FIELD_NAMES
 
 
 def tensor_fields(cls: type) -> tuple[str, ...]:
     """The names of the fields that hold tensors (everything but the bool/int flags)."""
-    return tuple(f.name for f in fields(cls) if f.type not in ("bool", "int", bool, int))
+    return cls.TENSOR_FIELDS
+
+
+def replace(obj: T, **changes: Any) -> T:
+    """A copy of a contract dataclass with some fields changed (dataclasses.replace, traceable by torch.compile)."""
+    return type(obj)(**{n: changes.get(n, getattr(obj, n)) for n in fields_of(type(obj))})
 
 
 def flatten(obj: Any, names: tuple[str, ...] | None = None) -> tuple:

@@ -7,7 +7,6 @@ input or output is one field in contract.py.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import NamedTuple, Optional
 
 import torch
@@ -17,7 +16,7 @@ from .backends import backend_module, chunk_size, resolve_backend
 from .contract import (
     COTANGENT_OF, ScanArgs, ScanCotangents, ScanGrads, ScanResult, ScanSaved, StateUpdateArgs, StateUpdateResult,
     fields_of, flatten, new_scan_grads, new_scan_result, new_state_update_result, op_schema, scan_result_shapes,
-    tensor_fields, unflatten,
+    replace, tensor_fields, unflatten,
 )
 from .validation import check_flag, check_scan_inputs, check_state_update_inputs
 
@@ -207,7 +206,7 @@ def selective_scan(
     args = check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, halt_weight, halt_bias,
                              initial_state, check_finite, with_channel_mean=return_channel_mean)
     name = resolve_backend(backend, args.u.device, args.u.dtype, args.A.shape[1])
-    args = dataclasses.replace(args, chunk_size=chunk_size(name))
+    args = replace(args, chunk_size=chunk_size(name))
     res = unflatten(ScanResult, torch.ops.pna.selective_scan_fwd(*flatten(args), name))
     return ScanOutput(res.out, res.entropy, res.halt_logits, res.last_state if return_last_state else None,
                       res.channel_mean if return_channel_mean else None)

@@ -8,8 +8,8 @@ from pna_kernels import parallel, reference
 from pna_kernels.parallel import linear_scan, selective_scan_parallel
 from pna_kernels.reference import selective_scan_ref
 from pna_kernels.testing import RTOL, assert_close_rel, assert_matches_oracle, random_scan_inputs
+from pna_kernels.contract import ScanResult, fields_of
 from pna_kernels.validation import check_scan_inputs
-
 
 
 SHAPES = [
@@ -27,10 +27,8 @@ SHAPES = [
 def test_torch_backend_matches_oracle(dtype, batch, dim, length, dstate, groups, grouped, with_z, with_init,
                                       softplus):
     x = random_scan_inputs(batch, dim, length, dstate, groups=groups, dtype=dtype, seed=length, with_z=with_z,
-                           with_initial_state=with_init, grouped_bc=grouped)
-    if not softplus:
-        x["delta"] = torch.nn.functional.softplus(x["delta"].double()).to(dtype)
-    assert_matches_oracle(x, "torch", softplus, RTOL[dtype])
+                           with_initial_state=with_init, grouped_bc=grouped, delta_softplus=softplus)
+    assert_matches_oracle(x, "torch", softplus, RTOL[dtype], with_channel_mean=True)
 
 @pytest.mark.parametrize("grouped", [True, False])
 def test_all_states_match_oracle(grouped):
@@ -114,11 +112,12 @@ def test_linear_scan_rejects_bad_shapes(a_shape, b_shape, h0_shape, name):
 
 
 def test_backend_forward_contract_matches_reference_backend():
-    """checkpoints and entropy sums, which the fused backends' backward reads, agree with the reference's."""
-    args = check_scan_inputs(**random_scan_inputs(2, 4, 10, 3, dtype=torch.float64, seed=6), delta_softplus=True)
-    call = (args.u, args.delta, args.A, args.B, args.C, args.D, args.z, args.delta_bias, args.halt_weight,
-            args.halt_bias, args.initial_state, True, 4)
-    names = ("out", "entropy", "halt", "last_state", "checkpoints", "entropy_sums")
-    for name, got, want in zip(names, parallel.scan_forward(*call), reference.scan_forward(*call)):
-        assert got.shape == want.shape, name
-        assert_close_rel(name, got, want, RTOL[torch.float64])
+    """checkpoints and entropy sums, which the fused backends' backward reads, agree with the reference's, and
+    so does the channel mean."""
+    args = check_scan_inputs(**random_scan_inputs(2, 4, 10, 3, dtype=torch.float64, seed=6), delta_softplus=True,
+                             chunk_size=4, with_channel_mean=True)
+    got, want = parallel.scan_forward(args), reference.scan_forward(args)
+    for name in fields_of(ScanResult):
+        g, w = getattr(got, name), getattr(want, name)
+        assert g.shape == w.shape, name
+        assert_close_rel(name, g, w, RTOL[torch.float64])
