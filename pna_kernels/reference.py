@@ -234,7 +234,7 @@ def backward_by_recompute(scan_fn: Callable[..., tuple], args: ScanArgs, cot: Sc
     grads = {}
     for n, leaf in leaves.items():
         g = None if leaf is None else next(got_iter)
-        grads[n] = None if leaf is None else (torch.zeros_like(leaf) if g is None else g)
+        grads[n] = None if leaf is None else (torch.zeros_like(leaf) if g is None else g.contiguous())
     return ScanGrads(**grads)
 
 

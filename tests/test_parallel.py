@@ -12,6 +12,8 @@ from pna_kernels.contract import ScanResult, fields_of
 from pna_kernels.validation import check_scan_inputs
 
 
+# Long sequences, many doubling levels of the log-depth scan (the short shapes every backend shares are in
+# tests/test_backends.py).
 SHAPES = [
     # batch, D, L, N, groups, grouped B/C, z, initial_state, softplus
     (1, 3, 1, 1, 1, False, True, True, True),
