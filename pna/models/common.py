@@ -1,7 +1,7 @@
 """What every model returns, shared by the SSM and the Transformer."""
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 from torch import Tensor, nn
 
@@ -11,6 +11,9 @@ class ModelOutput(NamedTuple):
 
     logits (B, L, V); halt_logits (B, L) and entropy (B, L): the model's (its last layer's) halt logit and state
     entropy (natural log); layer_entropy and layer_halt_logits (n_layers, B, L): every layer's.
+    channel_mean: the last layer's s_t = mean over channels of h_t, (B, L, N) float32, differentiable; filled by
+    the SSM when asked (SSMLM.forward(..., return_channel_mean=True)) and always by its faithful variant, whose
+    halt head reads it; None for the Transformer.
     """
 
     logits: Tensor
@@ -18,14 +21,17 @@ class ModelOutput(NamedTuple):
     entropy: Tensor
     layer_entropy: Tensor
     layer_halt_logits: Tensor
+    channel_mean: Optional[Tensor] = None
 
 
 class StepOutput(NamedTuple):
-    """One decoding step: logits (B, V), halt_logits (B,), entropy (B,)."""
+    """One decoding step: logits (B, V), halt_logits (B,), entropy (B,); channel_mean (B, N) float32, the last
+    layer's mean over channels of the new state (the SSM fills it; None for the Transformer)."""
 
     logits: Tensor
     halt_logits: Tensor
     entropy: Tensor
+    channel_mean: Optional[Tensor] = None
 
 
 def num_parameters(module: nn.Module) -> int:

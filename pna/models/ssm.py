@@ -12,8 +12,8 @@ softplus), expand 1, biases on W_in, W_x, W_out and the LM head, A_log drawn fro
 per-layer halt probe, and one halt head, an MLP N -> 64 -> ReLU -> 1, on s_t = mean_d h_t[d, :] of the last layer
 (layer_halt_logits applies that same MLP to every layer's s_t). The original's code is not published: this layer
 list is the one consistent with its reported size, exactly 5,058,906 parameters with a 25-token vocabulary
-(5,065,056 with ours). The head needs every state, so the faithful variant runs the vectorised PyTorch
-scan that returns them (pna_kernels.parallel.selective_scan_parallel) instead of the fused op.
+(5,065,056 with ours). The fused op returns s_t itself (selective_scan(..., return_channel_mean=True)), so the
+faithful variant runs the same fused pass as the default one, without materialising every state.
 """
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import pna_kernels
-from pna_kernels.parallel import selective_scan_parallel
 
 from .common import ModelOutput, StepOutput, num_parameters
 
@@ -91,26 +90,26 @@ class S6Block(nn.Module):
             "delta_softplus": not faithful,
         }
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x (B, L, d_model) -> out (B, L, d_model), entropy (B, L) and the halt feature: the probe's halt
-        logits (B, L), or in the faithful variant s (B, L, N), the state averaged over channels."""
+    def forward(self, x: Tensor, return_channel_mean: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """x (B, L, d_model) -> out (B, L, d_model), entropy (B, L), the halt feature and the channel mean.
+
+        The halt feature is the probe's halt logits (B, L), or in the faithful variant s (B, L, N), the state
+        averaged over channels; the channel mean s (B, L, N) float32 is returned when asked (always in the
+        faithful variant), else None."""
         length = x.shape[1]
         u, z = self.in_proj(x).chunk(2, dim=-1)
         u = F.silu(self.conv(u.transpose(1, 2))[..., :length].transpose(1, 2))
         delta, B, C = self._project(u)
-        A = -torch.exp(self.A_log.float())
-        scan_in = (u.transpose(1, 2), delta.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2))
-        if self.cfg.faithful:
-            y, entropy, _, _, states = selective_scan_parallel(*scan_in, self.D.float(), z.transpose(1, 2))
-            halt_feature = states.mean(dim=2)
-        else:
-            # The activations come from this model's own layers; a NaN among them reaches the loss, which the
-            # trainer checks, so the op's data scan for NaN/Inf (~7% of a CPU training step) is skipped here.
-            y, entropy, halt_feature, _ = pna_kernels.selective_scan(
-                *scan_in, self.D.float(), z.transpose(1, 2), **self._scan_args(),
-                halt_weight=self.halt_weight, halt_bias=self.halt_bias, check_finite=False,
-            )
-        return self.out_proj(y.transpose(1, 2)), entropy, halt_feature
+        faithful = self.cfg.faithful
+        probe = {} if faithful else {"halt_weight": self.halt_weight, "halt_bias": self.halt_bias}
+        # The activations come from this model's own layers; a NaN among them reaches the loss, which the trainer
+        # checks, so the op's data scan for NaN/Inf (~7% of a CPU training step) is skipped here.
+        y, entropy, halt_logits, _, channel_mean = pna_kernels.selective_scan(
+            u.transpose(1, 2), delta.transpose(1, 2), -torch.exp(self.A_log.float()), B.transpose(1, 2),
+            C.transpose(1, 2), self.D.float(), z.transpose(1, 2), **self._scan_args(), **probe,
+            return_channel_mean=faithful or return_channel_mean, check_finite=False,
+        )
+        return self.out_proj(y.transpose(1, 2)), entropy, channel_mean if faithful else halt_logits, channel_mean
 
     def init_cache(self, batch: int, device: torch.device) -> dict[str, Tensor]:
         """Decoding state: the last d_conv - 1 conv inputs and the recurrent state (fp32)."""
@@ -119,9 +118,9 @@ class S6Block(nn.Module):
             "ssm": torch.zeros(batch, self.cfg.d_inner, self.cfg.d_state, device=device),
         }
 
-    def step(self, x: Tensor, cache: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """One token: x (B, d_model) -> out (B, d_model), entropy (B,) and the halt feature (halt_logits (B,), or
-        s (B, N) in the faithful variant); updates cache."""
+    def step(self, x: Tensor, cache: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One token: x (B, d_model) -> out (B, d_model), entropy (B,), the halt feature (halt_logits (B,), or
+        s (B, N) in the faithful variant) and the channel mean s (B, N) of the new state; updates cache."""
         u, z = self.in_proj(x).chunk(2, dim=-1)
         window = torch.cat([cache["conv"], u[..., None].float()], dim=-1)
         cache["conv"] = window[..., 1:]
@@ -129,11 +128,11 @@ class S6Block(nn.Module):
         delta, B, C = self._project(u)
         args = self._scan_args()
         probe = {} if self.cfg.faithful else {"halt_weight": self.halt_weight, "halt_bias": self.halt_bias}
-        y, entropy, halt = pna_kernels.selective_state_update(
+        y, entropy, halt, channel_mean = pna_kernels.selective_state_update(
             cache["ssm"], u, delta, -torch.exp(self.A_log.float()), B, C, self.D.float(), z,
-            args["delta_bias"], args["delta_softplus"], **probe,
+            args["delta_bias"], args["delta_softplus"], **probe, return_channel_mean=True,
         )
-        return self.out_proj(y), entropy, cache["ssm"].mean(dim=1) if self.cfg.faithful else halt
+        return self.out_proj(y), entropy, channel_mean if self.cfg.faithful else halt, channel_mean
 
 
 class SSMLM(nn.Module):
@@ -164,21 +163,23 @@ class SSMLM(nn.Module):
             return halt_feature.float()
         return self.halt_mlp(halt_feature).squeeze(-1).float()
 
-    def forward(self, input_ids: Tensor) -> ModelOutput:
-        """input_ids (B, L) -> ModelOutput."""
+    def forward(self, input_ids: Tensor, return_channel_mean: bool = False) -> ModelOutput:
+        """input_ids (B, L) -> ModelOutput; return_channel_mean fills its channel_mean, the last layer's
+        s_t = mean over channels of h_t (B, L, N) (the faithful variant always fills it)."""
         length = input_ids.shape[1]
         if length > self.cfg.max_len:
             raise ValueError(f"input_ids: length {length} exceeds the model's max_len {self.cfg.max_len}")
         x = self.embed(input_ids) + self.pos.weight[:length]
         entropies, halts = [], []
-        for norm, block in zip(self.norms, self.blocks):
-            out, entropy, halt_feature = block(norm(x))
+        last = len(self.blocks) - 1
+        for i, (norm, block) in enumerate(zip(self.norms, self.blocks)):
+            out, entropy, halt_feature, channel_mean = block(norm(x), return_channel_mean and i == last)
             x = x + out
             entropies.append(entropy)
             halts.append(self._halt_logits(halt_feature))
         logits = self.head(self.norm_f(x))
         layer_entropy, layer_halt = torch.stack(entropies), torch.stack(halts)
-        return ModelOutput(logits, layer_halt[-1], layer_entropy[-1], layer_entropy, layer_halt)
+        return ModelOutput(logits, layer_halt[-1], layer_entropy[-1], layer_entropy, layer_halt, channel_mean)
 
     def init_cache(self, batch_size: int) -> dict:
         """Decoding cache for batch_size sequences."""
@@ -193,7 +194,7 @@ class SSMLM(nn.Module):
             raise ValueError(f"cache: already {t} tokens, the model's max_len is {self.cfg.max_len}")
         x = self.embed(token_ids) + self.pos.weight[t]
         for norm, block, layer_cache in zip(self.norms, self.blocks, cache["layers"]):
-            out, entropy, halt_feature = block.step(norm(x), layer_cache)
+            out, entropy, halt_feature, channel_mean = block.step(norm(x), layer_cache)
             x = x + out
         cache["t"] = t + 1
-        return StepOutput(self.head(self.norm_f(x)), self._halt_logits(halt_feature), entropy)
+        return StepOutput(self.head(self.norm_f(x)), self._halt_logits(halt_feature), entropy, channel_mean)
