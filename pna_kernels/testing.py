@@ -4,10 +4,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .contract import ScanArgs, tensor_fields
+
 # Relative tolerance of a backend against the float64 oracle, by input dtype (mamba-ssm's tiers).
 RTOL = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
 
-SCAN_INPUT_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "halt_weight", "halt_bias", "initial_state")
+SCAN_INPUT_NAMES = tensor_fields(ScanArgs)  # the tensor inputs, in the contract's order
 
 
 def random_scan_inputs(

@@ -5,13 +5,14 @@ import pytest
 import torch
 
 import pna_kernels
+from pna_kernels.contract import ScanArgs, StateUpdateArgs, tensor_fields
 from pna_kernels.validation import MAX_STATE_DIM
 
 BATCH, DIM, LENGTH, DSTATE, GROUPS = 2, 4, 5, 3, 2
 
-SCAN_TENSORS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "halt_weight", "halt_bias", "initial_state")
+SCAN_TENSORS = tensor_fields(ScanArgs)
 SCAN_ACTIVATIONS = ("u", "delta", "B", "C", "z", "initial_state")
-STEP_TENSORS = ("state", "x", "dt", "A", "B", "C", "D", "z", "dt_bias", "halt_weight", "halt_bias")
+STEP_TENSORS = tensor_fields(StateUpdateArgs)
 
 
 def scan_inputs(dstate: int = DSTATE) -> dict:
@@ -31,8 +32,8 @@ def scan_inputs(dstate: int = DSTATE) -> dict:
 def scan(**kw):
     x = scan_inputs()
     x.update(kw)
-    positional = [x.pop(k) for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
-    return pna_kernels.selective_scan(*positional, backend=x.pop("backend", "reference"), **x)
+    x.setdefault("backend", "reference")
+    return pna_kernels.selective_scan(**x)
 
 
 def step_inputs() -> dict:
@@ -51,8 +52,8 @@ def step_inputs() -> dict:
 def step(**kw):
     x = step_inputs()
     x.update(kw)
-    positional = [x.pop(k) for k in ("state", "x", "dt", "A", "B", "C", "D", "z", "dt_bias")]
-    return pna_kernels.selective_state_update(*positional, backend=x.pop("backend", "reference"), **x)
+    x.setdefault("backend", "reference")
+    return pna_kernels.selective_state_update(**x)
 
 
 def wrong_shape(name: str, t: torch.Tensor) -> torch.Tensor:
