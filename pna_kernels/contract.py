@@ -17,12 +17,15 @@ Shapes, with batch, D (channels), L (length), N (state size), G (B/C groups), K 
     channel_mean (batch, L, N) = mean over d of h_t[d, :] when args.with_channel_mean, else an empty (0,) tensor;
     checkpoints (batch, K, D, N) = the state before each chunk; entropy_sums (batch, 2, L) = S1, S2 of every step.
 All outputs but `out` are in the compute dtype. A non-finite state gives NaN entropy (never a finite number).
-Gradients come back in the dtype and shape of their input; dz is None when z is None.
+Gradients come back in the dtype and shape of their input, contiguous; dz is None when z is None.
+COTANGENT_OF maps each differentiable ScanResult field to its ScanCotangents field.
 
 Only the torch.library boundary (ops.py) flattens these to positional tensors, in the order of the dataclass
 fields (`fields_of`, `flatten`, `unflatten`, `op_schema`), so adding an input or output is one field here.
-`new_scan_result`, `new_scan_grads` and `new_state_update_result` allocate outputs of the contract's shapes and
-dtypes (the fake kernels use them; a native backend may too).
+`scan_result_shapes`, `new_scan_result`, `new_scan_grads` and `new_state_update_result` give outputs of the
+contract's shapes and dtypes (the fake kernels use them; a native backend may too). `compute_dtype` is the one
+definition of the compute dtype; `replace` copies a contract object with fields changed (torch.compile traces
+it, and `fields_of`/`tensor_fields` read the names kept on each class as FIELD_NAMES/TENSOR_FIELDS).
 """
 from __future__ import annotations
 
