@@ -27,7 +27,7 @@ def scan_args(x: dict[str, Tensor | None], softplus: bool, chunk_size: int, with
     dstate, cdt = x["A"].shape[1], compute_dtype(x["u"].dtype)
     zeros = {"D": (dim,), "delta_bias": (dim,), "halt_weight": (dim, dstate), "halt_bias": (),
              "initial_state": (batch, dim, dstate)}
-    values = {n: (torch.zeros(zeros[n], dtype=cdt) if x.get(n) is None and n in zeros else x.get(n))
+    values = {n: (torch.zeros(zeros[n], dtype=cdt, device=x["u"].device) if x.get(n) is None and n in zeros else x.get(n))
               for n in tensor_fields(ScanArgs)}
     values = {n: None if v is None else v.contiguous() for n, v in values.items()}
     return ScanArgs(**values, delta_softplus=softplus, with_channel_mean=with_channel_mean, chunk_size=chunk_size)
@@ -41,7 +41,8 @@ def scan_cotangents(args: ScanArgs, seed: int = 7) -> ScanCotangents:
     shapes = {"grad_out": (batch, dim, length), "grad_entropy": (batch, length), "grad_halt": (batch, length),
               "grad_last_state": (batch, dim, dstate),
               "grad_channel_mean": (batch, length, dstate) if args.with_channel_mean else (0,)}
-    return ScanCotangents(**{n: torch.randn(*s, generator=gen, dtype=torch.float64) for n, s in shapes.items()})
+    return ScanCotangents(**{n: torch.randn(*s, generator=gen, dtype=torch.float64).to(args.u.device)
+                             for n, s in shapes.items()})
 
 
 def oracle(args: ScanArgs, cot: ScanCotangents) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -119,3 +120,18 @@ def with_non_finite_state(args, value: float):
     state = getattr(args, name).clone()
     state[0, 0, 0] = value
     return dataclasses.replace(args, **{name: state})
+
+
+def assert_decode_loop_matches_scan(forward: Callable[[ScanArgs], ScanResult],
+                                    step: Callable[[StateUpdateArgs], StateUpdateResult], x: dict[str, Tensor | None],
+                                    chunk_size: int, rtol: float) -> None:
+    """Decoding x one step at a time (softplus on, from x's initial state) gives the scan's out, entropy, halt
+    logits, channel mean and last state on the same backend."""
+    full = forward(scan_args(x, True, chunk_size))
+    state = state_update_args(x, 0, True).state
+    steps = [step(dataclasses.replace(state_update_args(x, t, True), state=state)) for t in range(x["u"].shape[-1])]
+    assert_close_rel("out", torch.stack([s.y for s in steps], -1), full.out, rtol)
+    for name in ("entropy", "halt_logits"):
+        assert_close_rel(name, torch.stack([getattr(s, name) for s in steps], -1), getattr(full, name), rtol)
+    assert_close_rel("channel_mean", torch.stack([s.channel_mean for s in steps], 1), full.channel_mean, rtol)
+    assert_close_rel("last_state", state, full.last_state, rtol)

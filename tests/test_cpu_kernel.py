@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from native_parity import (
-    assert_scan_matches_oracle, assert_state_update_matches_oracle, scan_args, scan_cotangents, state_update_args,
+    assert_decode_loop_matches_scan, assert_scan_matches_oracle, assert_state_update_matches_oracle, scan_args, scan_cotangents, state_update_args,
     with_non_finite_state,
 )
 from pna_kernels import cpu, jit, reference
@@ -159,20 +159,8 @@ def test_state_update_matches_oracle(dtype, groups, with_z, softplus):
 
 
 def test_decode_loop_reproduces_the_scan():
-    """Decoding one step at a time gives the scan's out, entropy, halt logits, channel mean and last state."""
     x = random_scan_inputs(2, 6, 9, 4, groups=2, dtype=torch.float64, seed=1)
-    full = cpu.scan_forward(scan_args(x, True, cpu.CHUNK_SIZE))
-    state = x["initial_state"].clone()
-    steps = []
-    for t in range(9):
-        step = dataclasses.replace(state_update_args(x, t, True), state=state)
-        steps.append(cpu.state_update(step))
-    rtol = RTOL[torch.float64]
-    assert_close_rel("out", torch.stack([s.y for s in steps], -1), full.out, rtol)
-    for name in ("entropy", "halt_logits"):
-        assert_close_rel(name, torch.stack([getattr(s, name) for s in steps], -1), getattr(full, name), rtol)
-    assert_close_rel("channel_mean", torch.stack([s.channel_mean for s in steps], 1), full.channel_mean, rtol)
-    assert_close_rel("last_state", state, full.last_state, rtol)
+    assert_decode_loop_matches_scan(cpu.scan_forward, cpu.state_update, x, cpu.CHUNK_SIZE, RTOL[torch.float64])
 
 
 def test_supports_and_auto_choice(monkeypatch):
