@@ -50,7 +50,7 @@ def _build() -> tuple[ModuleType | None, str | None]:
                           extra_cflags=list(COMPILE_FLAGS), extra_ldflags=["-fopenmp"], verbose=False)
     except jit.BUILD_ERRORS as exc:
         return None, (
-            f"building the C++/OpenMP kernels in {SOURCE_DIR} failed ({jit.first_error(exc, 'error:')}); "
+            f"building the C++/OpenMP kernels in {SOURCE_DIR} failed ({jit.first_error(exc)}); "
             "it needs a C++17 compiler with OpenMP (g++ or clang++ with libomp, found via $CXX or on PATH) and "
             "ninja (pip install ninja); or pick backend='torch'"
         )

@@ -83,8 +83,8 @@ def load(name: str, sources: list[str], **kwargs) -> ModuleType:
         return cpp_extension.load(name=name, sources=sources, build_directory=str(directory), **kwargs)
 
 
-def first_error(exc: BaseException, pattern: str = "error") -> str:
-    """The first line of a build failure that mentions `pattern` (the compiler's first complaint), else its last."""
+def first_error(exc: BaseException, pattern: str = "error:") -> str:
+    """The first line of a build failure that contains `pattern` (the compiler's first complaint), else its last."""
     text = str(exc).strip()
     if isinstance(exc, subprocess.CalledProcessError):
         text = f"{' '.join(map(str, exc.cmd)) if isinstance(exc.cmd, list) else exc.cmd} exited with {exc.returncode}"
