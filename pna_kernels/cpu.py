@@ -1,24 +1,29 @@
 """The "cpu" backend: fused C++17/OpenMP kernels from csrc/cpu, compiled just in time on first use.
 
-The extension is built once per process with torch.utils.cpp_extension.load (ninja) into torch's extension cache
-(TORCH_EXTENSIONS_DIR, by default ~/.cache/torch_extensions), which later processes reuse. The kernels compute in
-float32 or float64; float16 and bfloat16 activations are upcast to float32 here before the call and `out` and
-the activation gradients are cast back. Work is split over (batch row, block of 16 channels) with OpenMP, using
-torch.get_num_threads() threads; every cross-item sum runs in a fixed order, so on a given machine results are
-bitwise identical from run to run and for any thread count (across machines they may differ in the last bits:
-the hot loops are compiled for baseline x86-64, AVX2 and AVX-512 and the CPU picks one).
+The extension is built once per process (pna_kernels/jit.py: torch.utils.cpp_extension.load with ninja, guarded
+against locks left by killed builds) into torch's extension cache (TORCH_EXTENSIONS_DIR, by default
+~/.cache/torch_extensions), which later processes reuse. The kernels compute in float32 or float64; float16 and
+bfloat16 activations are upcast to float32 here before the call and `out` and the activation gradients are cast
+back. Work is split over (batch row, block of 16 channels) with OpenMP, using torch.get_num_threads() threads;
+every cross-item sum (entropy, halt, channel mean, parameter gradients) runs in a fixed order, so on a given
+machine results are bitwise identical from run to run and for any thread count (across machines they may differ
+in the last bits: the hot loops are compiled for baseline x86-64, AVX2 and AVX-512 and the CPU picks one).
 
-Shapes follow the backend contract in pna_kernels/backends.py.
+The module functions follow the backend contract (pna_kernels/contract.py); the extension's entry points take the
+same dataclasses (any object with their field names) and return dicts of the result fields.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from types import ModuleType
 
 import torch
 from torch import Tensor
 
+from . import jit
 from .backends import kernel_source_dir
+from .contract import ScanArgs, ScanCotangents, ScanGrads, ScanResult, ScanSaved, StateUpdateArgs, StateUpdateResult
 from .reference import compute_dtype
 from .validation import FLOAT_DTYPES, MAX_STATE_DIM
 
@@ -40,21 +45,12 @@ def _build() -> tuple[ModuleType | None, str | None]:
     missing = [name for name in SOURCES if not (SOURCE_DIR / name).is_file()]
     if missing:
         return None, f"its C++ sources {missing} are not in {SOURCE_DIR} (reinstall pna: pip install -e . from a source checkout)"
-    from torch.utils import cpp_extension
-
     try:
-        module = cpp_extension.load(
-            name=EXTENSION_NAME,
-            sources=[str(SOURCE_DIR / name) for name in SOURCES],
-            extra_cflags=list(COMPILE_FLAGS),
-            extra_ldflags=["-fopenmp"],
-            verbose=False,
-        )
-    except (RuntimeError, OSError, ImportError) as exc:
-        lines = str(exc).strip().splitlines() or [type(exc).__name__]
-        first_error = next((line for line in lines if "error:" in line), lines[-1])  # the compiler's first complaint
+        module = jit.load(EXTENSION_NAME, [str(SOURCE_DIR / name) for name in SOURCES],
+                          extra_cflags=list(COMPILE_FLAGS), extra_ldflags=["-fopenmp"], verbose=False)
+    except jit.BUILD_ERRORS as exc:
         return None, (
-            f"building the C++/OpenMP kernels in {SOURCE_DIR} failed ({first_error.strip()}); "
+            f"building the C++/OpenMP kernels in {SOURCE_DIR} failed ({jit.first_error(exc)}); "
             "it needs a C++17 compiler with OpenMP (g++ or clang++ with libomp, found via $CXX or on PATH) and "
             "ninja (pip install ninja); or pick backend='torch'"
         )
@@ -85,67 +81,41 @@ def supports(device: torch.device, dtype: torch.dtype, dstate: int) -> str | Non
     return _build()[1]
 
 
-def _compute(t: Tensor | None, cdt: torch.dtype) -> Tensor | None:
-    return None if t is None else t.to(cdt).contiguous()
+def _activations_in(cdt: torch.dtype, obj, names: tuple[str, ...]) -> dict[str, Tensor | None]:
+    """The tensors `names` of a contract dataclass in the compute dtype (a no-op unless they are float16/bfloat16)."""
+    return {n: None if getattr(obj, n) is None else getattr(obj, n).to(cdt).contiguous() for n in names}
 
 
-def scan_forward(u, delta, A, B, C, D, z, delta_bias, halt_weight, halt_bias, initial_state, delta_softplus,
-                 chunk_size):
-    """Fused forward: (out, entropy, halt_logits, last_state, checkpoints, entropy_sums).
-
-    u, delta, z: (batch, D, L); B, C: (batch, G, N, L); the rest as in pna_kernels/backends.py. Returns
-    out (batch, D, L) in u's dtype; entropy, halt_logits (batch, L), last_state (batch, D, N), checkpoints
-    (batch, ceil(L / chunk_size), D, N), entropy_sums (batch, 2, L) in the compute dtype.
-    """
-    cdt = compute_dtype(u.dtype)
-    batch, dim, length = u.shape
-    dstate = A.shape[1]
-    new = functools.partial(torch.empty, dtype=cdt, device=u.device)
-    out = new(batch, dim, length)
-    entropy, halt = new(batch, length), new(batch, length)
-    last_state = new(batch, dim, dstate)
-    checkpoints = new(batch, -(-length // chunk_size), dim, dstate)
-    entropy_sums = new(batch, 2, length)
-    extension().scan_forward_out(
-        _compute(u, cdt), _compute(delta, cdt), A, _compute(B, cdt), _compute(C, cdt), D, _compute(z, cdt),
-        delta_bias, halt_weight, halt_bias, initial_state, delta_softplus, chunk_size, torch.get_num_threads(),
-        out, entropy, halt, last_state, checkpoints, entropy_sums,
-    )
-    return out.to(u.dtype), entropy, halt, last_state, checkpoints, entropy_sums
+ACTIVATIONS = ("u", "delta", "B", "C", "z")
 
 
-def scan_backward(grad_out, grad_entropy, grad_halt, grad_last_state, u, delta, A, B, C, D, z, delta_bias,
-                  halt_weight, halt_bias, initial_state, checkpoints, entropy_sums, delta_softplus, chunk_size):
-    """Fused backward: gradients (du, ddelta, dA, dB, dC, dD, dz or None, ddelta_bias, dhalt_weight, dhalt_bias,
-    dinitial_state), each in the shape and dtype of its input."""
-    cdt = compute_dtype(u.dtype)
-    u_c, delta_c, B_c, C_c, z_c = (_compute(t, cdt) for t in (u, delta, B, C, z))
-    du, ddelta, dB, dC = (torch.empty_like(t) for t in (u_c, delta_c, B_c, C_c))
-    dz = None if z_c is None else torch.empty_like(z_c)
-    dA, dD, ddelta_bias, dhalt_weight, dhalt_bias, dinitial_state = (
-        torch.empty_like(t) for t in (A, D, delta_bias, halt_weight, halt_bias, initial_state)
-    )
-    extension().scan_backward_out(
-        _compute(grad_out, cdt), _compute(grad_entropy, cdt), _compute(grad_halt, cdt),
-        _compute(grad_last_state, cdt), u_c, delta_c, A, B_c, C_c, D, z_c, delta_bias, halt_weight, halt_bias,
-        initial_state, checkpoints, entropy_sums, delta_softplus, chunk_size, torch.get_num_threads(),
-        du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dhalt_weight, dhalt_bias, dinitial_state,
-    )
-    activations = (du.to(u.dtype), ddelta.to(delta.dtype), dA, dB.to(B.dtype), dC.to(C.dtype), dD,
-                   None if dz is None else dz.to(z.dtype))
-    return (*activations, ddelta_bias, dhalt_weight, dhalt_bias, dinitial_state)
+def scan_forward(args: ScanArgs) -> ScanResult:
+    """Fused forward (shapes in pna_kernels/contract.py): out in u's dtype, everything else in the compute dtype;
+    channel_mean (batch, L, N) when args.with_channel_mean, else an empty (0,) tensor."""
+    cdt = compute_dtype(args.u.dtype)
+    native = dataclasses.replace(args, **_activations_in(cdt, args, ACTIVATIONS))
+    result = extension().scan_forward(native, torch.get_num_threads())
+    result["out"] = result["out"].to(args.u.dtype)
+    return ScanResult(**result)
 
 
-def state_update(state, x, dt, A, B, C, D, z, dt_bias, halt_weight, halt_bias, dt_softplus):
-    """One decode step: (y (batch, D) in x's dtype, entropy (batch,), halt_logits (batch,)); state (batch, D, N)
-    in the compute dtype is updated in place. x, dt, z: (batch, D); B, C: (batch, G, N)."""
-    cdt = compute_dtype(x.dtype)
-    batch = x.shape[0]
-    y = torch.empty(x.shape, dtype=cdt, device=x.device)
-    entropy = torch.empty(batch, dtype=cdt, device=x.device)
-    halt = torch.empty(batch, dtype=cdt, device=x.device)
-    extension().state_update_out(
-        state, _compute(x, cdt), _compute(dt, cdt), A, _compute(B, cdt), _compute(C, cdt), D, _compute(z, cdt),
-        dt_bias, halt_weight, halt_bias, dt_softplus, torch.get_num_threads(), y, entropy, halt,
-    )
-    return y.to(x.dtype), entropy, halt
+def scan_backward(args: ScanArgs, saved: ScanSaved, cot: ScanCotangents) -> ScanGrads:
+    """Fused backward: the gradient of every tensor input, in its shape and dtype (z None when z is None)."""
+    cdt = compute_dtype(args.u.dtype)
+    native = dataclasses.replace(args, **_activations_in(cdt, args, ACTIVATIONS))
+    native_cot = ScanCotangents(**_activations_in(cdt, cot, tuple(f.name for f in dataclasses.fields(cot))))
+    grads = extension().scan_backward(native, saved, native_cot, torch.get_num_threads())
+    for name in ACTIVATIONS:
+        if grads[name] is not None:
+            grads[name] = grads[name].to(getattr(args, name).dtype)
+    return ScanGrads(**grads)
+
+
+def state_update(args: StateUpdateArgs) -> StateUpdateResult:
+    """One decode step: y (batch, D) in x's dtype; entropy, halt_logits (batch,) and channel_mean (batch, N) of the
+    new state in the compute dtype. args.state (batch, D, N), in the compute dtype, is updated in place."""
+    cdt = compute_dtype(args.x.dtype)
+    native = dataclasses.replace(args, **_activations_in(cdt, args, ("x", "dt", "B", "C", "z")))
+    result = extension().state_update(native, torch.get_num_threads())
+    result["y"] = result["y"].to(args.x.dtype)
+    return StateUpdateResult(**result)

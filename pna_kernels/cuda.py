@@ -10,7 +10,10 @@ The kernels keep the state and every sum in float32; activations may be float32,
 reduction (entropy and halt sums over channel blocks, dB/dC over channels, parameter gradients over batch rows)
 runs in a fixed order without atomics, so results are bitwise reproducible on a given GPU.
 
-Shapes follow the backend contract in pna_kernels/backends.py.
+The module functions follow the backend contract (pna_kernels/contract.py); the extension's entry points take the
+same dataclasses (any object with their field names) and return dicts of the result fields. The kernels' compile-
+time limits, CHUNK_SIZE and MAX_STATE_DIM, are defined here (MAX_STATE_DIM in validation.py) and passed to every
+compile as -D flags (DEFINES), so no number is mirrored by hand.
 """
 from __future__ import annotations
 
@@ -21,18 +24,23 @@ from types import ModuleType
 
 import torch
 
+from . import jit
 from .backends import kernel_source_dir
+from .contract import ScanArgs, ScanCotangents, ScanGrads, ScanResult, ScanSaved, StateUpdateArgs, StateUpdateResult
 from .validation import MAX_STATE_DIM
 
-# Steps per chunk; must equal kChunk in csrc/cuda/scan_common.cuh (the binding checks it). 16 keeps the
-# backward's recomputed chunk of states, (16 + 1) * N floats per channel, in shared memory for N up to 256.
+# Steps per chunk (compiled in as PNA_CUDA_CHUNK; a ScanArgs with another chunk_size is refused by the binding).
+# 16 keeps the backward's recomputed chunk of states, (16 + 1) * N floats per channel, in shared memory for N up to
+# 256.
 CHUNK_SIZE = 16
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# What every compile of csrc/cuda needs (the extension build, the compile checks, the host emulation).
+DEFINES = (f"-DPNA_CUDA_CHUNK={CHUNK_SIZE}", f"-DPNA_CUDA_MAX_STATE={MAX_STATE_DIM}")
 
 SOURCE_DIR = kernel_source_dir("cuda")
 BINDINGS = "bindings.cpp"
 EXTENSION_NAME = "pna_cuda_kernels"
-NVCC_FLAGS = ("-O3", "-std=c++17")
+NVCC_FLAGS = ("-O3", "-std=c++17", *DEFINES)
 
 
 def kernel_sources() -> list[Path]:
@@ -68,20 +76,11 @@ def _build() -> tuple[ModuleType | None, str | None]:
     missing = _missing_toolchain()
     if missing is not None:
         return None, missing
-    from torch.utils import cpp_extension
-
     try:
-        module = cpp_extension.load(
-            name=EXTENSION_NAME,
-            sources=[str(SOURCE_DIR / BINDINGS), *map(str, kernel_sources())],
-            extra_cflags=["-O3"],
-            extra_cuda_cflags=list(NVCC_FLAGS),
-            verbose=False,
-        )
-    except (RuntimeError, OSError, ImportError) as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
-        errors = [line for line in lines if "error" in line.lower()] or lines[-3:]
-        return None, f"building the CUDA kernels in {SOURCE_DIR} failed: {' | '.join(errors[:3])}"
+        module = jit.load(EXTENSION_NAME, [str(SOURCE_DIR / BINDINGS), *map(str, kernel_sources())],
+                          extra_cflags=["-O3", *DEFINES], extra_cuda_cflags=list(NVCC_FLAGS), verbose=False)
+    except jit.BUILD_ERRORS as exc:
+        return None, f"building the CUDA kernels in {SOURCE_DIR} failed: {jit.first_error(exc)}"
     return module, None
 
 
@@ -107,35 +106,25 @@ def supports(device: torch.device, dtype: torch.dtype, dstate: int) -> str | Non
     return _build()[1]
 
 
-def scan_forward(u, delta, A, B, C, D, z, delta_bias, halt_weight, halt_bias, initial_state, delta_softplus,
-                 chunk_size):
-    """Fused forward: (out, entropy, halt_logits, last_state, checkpoints, entropy_sums).
-
-    u, delta, z: (batch, D, L) and B, C: (batch, G, N, L) in the input dtype; A, halt_weight: (D, N), D,
-    delta_bias: (D,), halt_bias: (), initial_state: (batch, D, N) in float32. Returns out (batch, D, L) in u's
-    dtype; entropy, halt_logits (batch, L), last_state (batch, D, N), checkpoints (batch, ceil(L / chunk_size),
-    D, N) and entropy_sums (batch, 2, L) in float32.
-    """
-    return tuple(extension().scan_forward(
-        u, delta, A, B, C, D, z, delta_bias, halt_weight, halt_bias, initial_state, delta_softplus, chunk_size
-    ))
+def scan_forward(args: ScanArgs) -> ScanResult:
+    """Fused forward (shapes in pna_kernels/contract.py): u, delta, z, B, C in float32/float16/bfloat16, the
+    parameters and initial_state float32, args.chunk_size == CHUNK_SIZE. Returns out in u's dtype, everything
+    else float32; channel_mean (batch, L, N) when args.with_channel_mean, else an empty (0,) tensor."""
+    return ScanResult(**extension().scan_forward(args))
 
 
-def scan_backward(grad_out, grad_entropy, grad_halt, grad_last_state, u, delta, A, B, C, D, z, delta_bias,
-                  halt_weight, halt_bias, initial_state, checkpoints, entropy_sums, delta_softplus, chunk_size):
-    """Fused backward: gradients (du, ddelta, dA, dB, dC, dD, dz or None, ddelta_bias, dhalt_weight, dhalt_bias,
-    dinitial_state), each in the shape and dtype of its input. grad_out: (batch, D, L); grad_entropy, grad_halt:
-    (batch, L); grad_last_state: (batch, D, N); the rest as in scan_forward and its outputs."""
-    return tuple(extension().scan_backward(
-        grad_out.to(u.dtype).contiguous(), grad_entropy.float().contiguous(), grad_halt.float().contiguous(),
-        grad_last_state.float().contiguous(), u, delta, A, B, C, D, z, delta_bias, halt_weight, halt_bias,
-        initial_state, checkpoints, entropy_sums, delta_softplus, chunk_size,
-    ))
+def scan_backward(args: ScanArgs, saved: ScanSaved, cot: ScanCotangents) -> ScanGrads:
+    """Fused backward: the gradient of every tensor input, in its shape and dtype (z None when z is None). The
+    cotangents are cast here to what the kernels read: grad_out in u's dtype, the others float32."""
+    kernel_cot = ScanCotangents(
+        grad_out=cot.grad_out.to(args.u.dtype).contiguous(),
+        **{name: getattr(cot, name).float().contiguous()
+           for name in ("grad_entropy", "grad_halt", "grad_last_state", "grad_channel_mean")},
+    )
+    return ScanGrads(**extension().scan_backward(args, saved, kernel_cot))
 
 
-def state_update(state, x, dt, A, B, C, D, z, dt_bias, halt_weight, halt_bias, dt_softplus):
-    """One decode step: (y (batch, D) in x's dtype, entropy (batch,), halt_logits (batch,) float32); state
-    (batch, D, N) float32 is updated in place. x, dt, z: (batch, D); B, C: (batch, G, N)."""
-    return tuple(extension().state_update(
-        state, x, dt, A, B, C, D, z, dt_bias, halt_weight, halt_bias, dt_softplus
-    ))
+def state_update(args: StateUpdateArgs) -> StateUpdateResult:
+    """One decode step: y (batch, D) in x's dtype; entropy, halt_logits (batch,) and channel_mean (batch, N) of the
+    new state, float32. args.state (batch, D, N) float32 is updated in place."""
+    return StateUpdateResult(**extension().state_update(args))

@@ -5,7 +5,7 @@
 // (chunk + 1, N, channels) scratch buffer (and the decay factors exp(dt A) into a (chunk, N, channels) one), then
 // runs the adjoint recurrence backwards over the chunk:
 //   g_t = exp(dt_{t+1} A) g_{t+1} + C_t dy_t + grad_entropy_t * 2 h_t (S2/S1 - log h_t^2) / S1
-//         + grad_halt_t * halt_weight,            g_{L-1} starts from grad_last_state.
+//         + grad_halt_t * halt_weight + grad_channel_mean_t / D,       g_{L-1} starts from grad_last_state.
 // Gradients owned by one item (du, ddelta, dz, dinitial_state) are written directly; the others go to partial
 // buffers (per batch row for the (D,)- and (D, N)-shaped ones, per block for dB and dC) that are summed in a
 // fixed order afterwards, so the result does not depend on the number of threads.
@@ -40,6 +40,7 @@ struct BackwardPointers {
   const scalar_t* halt_weight;
   const scalar_t* checkpoints;
   const scalar_t* entropy_sums;
+  const scalar_t* grad_channel_mean;  // (batch, L, N); nullptr without the channel-mean output
   scalar_t* du;
   scalar_t* ddelta;
   scalar_t* dz;  // nullptr without a gate
@@ -68,14 +69,17 @@ PNA_CPU_MULTIVERSION void backward_block(const BackwardPointers<scalar_t>& p, co
   const scalar_t* S2 = S1 + L;
   const scalar_t* grad_entropy = p.grad_entropy + b * L;
   const scalar_t* grad_halt = p.grad_halt + b * L;
+  const scalar_t* grad_mean = p.grad_channel_mean == nullptr ? nullptr : p.grad_channel_mean + b * L * N;
+  const scalar_t inv_dim = scalar_t(1) / scalar_t(dims.dim);
 
   // Channel-innermost layouts as in the forward: [n][channel], [step][channel], [step][n][channel].
   std::vector<scalar_t> g(N * W), A(N * W), hw(N * W), dA(N * W, scalar_t(0)), dhw(N * W, scalar_t(0));
   std::vector<scalar_t> states((T + 1) * N * W), decay(T * N * W);
   std::vector<scalar_t> dt(T * W), dt_grad(T * W, scalar_t(1)), u(T * W), gout(T * W), gate(T * W, scalar_t(1));
   std::vector<scalar_t> gate_grad(T * W, scalar_t(0)), row(T), Dskip(W), dD(W, scalar_t(0)), dbias(W, scalar_t(0));
-  std::vector<scalar_t> dy(W), y(W), gB(W), gdt(W), dB_lanes(N * W), dC_lanes(N * W);
+  std::vector<scalar_t> dy(W), y(W), gB(W), gdt(W), dB_lanes(N * W), dC_lanes(N * W), valid(W, scalar_t(0));
   for (int64_t k = 0; k < width; ++k) {
+    valid[k] = scalar_t(1);  // the channel-mean gradient reaches real channels only, keeping padding lanes zero
     Dskip[k] = p.D[d0 + k];
     for (int64_t n = 0; n < N; ++n) {
       g[n * W + k] = p.grad_last_state[(b * dims.dim + d0 + k) * N + n];
@@ -142,6 +146,7 @@ PNA_CPU_MULTIVERSION void backward_block(const BackwardPointers<scalar_t>& p, co
       }
       for (int64_t n = 0; n < N; ++n) {
         const scalar_t Bn = Bg[n * L + t0 + t], Cn = Cg[n * L + t0 + t];
+        const scalar_t gmean = grad_mean == nullptr ? scalar_t(0) : grad_mean[(t0 + t) * N + n] * inv_dim;
         const scalar_t* An = A.data() + n * W;
         const scalar_t* hwn = hw.data() + n * W;
         const scalar_t* h = states.data() + ((t + 1) * N + n) * W;
@@ -155,7 +160,8 @@ PNA_CPU_MULTIVERSION void backward_block(const BackwardPointers<scalar_t>& p, co
 #pragma omp simd
         for (int64_t k = 0; k < W; ++k) {
           const scalar_t hk = h[k];
-          const scalar_t gk = gn[k] + Cn * dy[k] + scale * (hk * shift - hk * log_or_zero(hk * hk)) + ghalt * hwn[k];
+          const scalar_t gk = gn[k] + Cn * dy[k] + scale * (hk * shift - hk * log_or_zero(hk * hk)) + ghalt * hwn[k] +
+                              gmean * valid[k];
           y[k] += Cn * hk;
           dCn[k] = dy[k] * hk;
           dhwn[k] += ghalt * hk;
@@ -231,65 +237,53 @@ void backward(const BackwardPointers<scalar_t>& p, const ScanDims& dims, bool de
 
 }  // namespace
 
-void scan_backward_out(const at::Tensor& grad_out, const at::Tensor& grad_entropy, const at::Tensor& grad_halt,
-                       const at::Tensor& grad_last_state, const at::Tensor& u, const at::Tensor& delta,
-                       const at::Tensor& A, const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
-                       const std::optional<at::Tensor>& z, const at::Tensor& delta_bias,
-                       const at::Tensor& halt_weight, const at::Tensor& halt_bias, const at::Tensor& initial_state,
-                       const at::Tensor& checkpoints, const at::Tensor& entropy_sums, bool delta_softplus,
-                       int64_t chunk, int64_t num_threads, at::Tensor& du, at::Tensor& ddelta, at::Tensor& dA,
-                       at::Tensor& dB, at::Tensor& dC, at::Tensor& dD, const std::optional<at::Tensor>& dz,
-                       at::Tensor& ddelta_bias, at::Tensor& dhalt_weight, at::Tensor& dhalt_bias,
-                       at::Tensor& dinitial_state) {
-  TORCH_CHECK_VALUE(u.dim() == 3, "u: expected (batch, D, L), got shape ", u.sizes());
-  TORCH_CHECK_VALUE(A.dim() == 2, "A: expected (D, N), got shape ", A.sizes());
-  TORCH_CHECK_VALUE(B.dim() == 4, "B: expected (batch, G, N, L), got shape ", B.sizes());
-  check_compute_dtype("u", u);
-  check_positive("chunk", chunk);
+ScanGrads scan_backward(const ScanArgs& a, const ScanSaved& saved, const ScanCotangents& cot, int64_t num_threads) {
+  const ScanDims dims = check_scan_args(a);
   check_positive("num_threads", num_threads);
-  TORCH_CHECK_VALUE(z.has_value() == dz.has_value(), "dz: must be given exactly when z is given");
-  const ScanDims dims{u.size(0), u.size(1), u.size(2), A.size(1), B.size(1), chunk};
-  TORCH_CHECK_VALUE(dims.groups >= 1 && dims.dim % dims.groups == 0, "B: number of groups ", dims.groups,
-                    " must divide D = ", dims.dim);
-  const auto dt = u.scalar_type();
-  const std::vector<int64_t> bdl{dims.batch, dims.dim, dims.length}, dn{dims.dim, dims.dstate},
-      bgnl{dims.batch, dims.groups, dims.dstate, dims.length}, bdn{dims.batch, dims.dim, dims.dstate},
-      bl{dims.batch, dims.length};
-  check_tensors(dt, {{"grad_out", &grad_out, bdl}, {"grad_entropy", &grad_entropy, bl}, {"grad_halt", &grad_halt, bl},
-                     {"grad_last_state", &grad_last_state, bdn}, {"u", &u, bdl}, {"delta", &delta, bdl},
-                     {"A", &A, dn}, {"B", &B, bgnl}, {"C", &C, bgnl}, {"D", &D, {dims.dim}},
-                     {"delta_bias", &delta_bias, {dims.dim}}, {"halt_weight", &halt_weight, dn},
-                     {"halt_bias", &halt_bias, {}}, {"initial_state", &initial_state, bdn},
-                     {"checkpoints", &checkpoints, {dims.batch, dims.n_chunks(), dims.dim, dims.dstate}},
-                     {"entropy_sums", &entropy_sums, {dims.batch, 2, dims.length}}, {"du", &du, bdl},
-                     {"ddelta", &ddelta, bdl}, {"dA", &dA, dn}, {"dB", &dB, bgnl}, {"dC", &dC, bgnl},
-                     {"dD", &dD, {dims.dim}}, {"ddelta_bias", &ddelta_bias, {dims.dim}},
-                     {"dhalt_weight", &dhalt_weight, dn}, {"dhalt_bias", &dhalt_bias, {}},
-                     {"dinitial_state", &dinitial_state, bdn}});
-  if (z.has_value()) check_tensors(dt, {{"z", &*z, bdl}, {"dz", &*dz, bdl}});
+  const std::vector<int64_t> bdl{dims.batch, dims.dim, dims.length}, bl{dims.batch, dims.length},
+      bdn{dims.batch, dims.dim, dims.dstate};
+  const std::vector<int64_t> bln = a.with_channel_mean ? std::vector<int64_t>{dims.batch, dims.length, dims.dstate}
+                                                       : std::vector<int64_t>{0};
+  check_tensors(a.u.scalar_type(),
+                {{"grad_out", &cot.grad_out, bdl}, {"grad_entropy", &cot.grad_entropy, bl},
+                 {"grad_halt", &cot.grad_halt, bl}, {"grad_last_state", &cot.grad_last_state, bdn},
+                 {"grad_channel_mean", &cot.grad_channel_mean, bln},
+                 {"checkpoints", &saved.checkpoints, {dims.batch, dims.n_chunks(), dims.dim, dims.dstate}},
+                 {"entropy_sums", &saved.entropy_sums, {dims.batch, 2, dims.length}}});
+  ScanGrads g;
+  for (auto [grad, like] : {std::pair<at::Tensor*, const at::Tensor*>{&g.u, &a.u}, {&g.delta, &a.delta},
+                            {&g.A, &a.A}, {&g.B, &a.B}, {&g.C, &a.C}, {&g.D, &a.D}, {&g.delta_bias, &a.delta_bias},
+                            {&g.halt_weight, &a.halt_weight}, {&g.halt_bias, &a.halt_bias},
+                            {&g.initial_state, &a.initial_state}})
+    *grad = at::empty_like(*like);
+  if (a.z.has_value()) g.z = at::empty_like(*a.z);
   const int64_t n_blocks = ChannelBlocks(dims).count(dims);
-  const at::Tensor dA_rows = at::empty({dims.batch, dims.dim, dims.dstate}, u.options());
+  const auto options = a.u.options();
+  const at::Tensor dA_rows = at::empty({dims.batch, dims.dim, dims.dstate}, options);
   const at::Tensor dhalt_weight_rows = at::empty_like(dA_rows);
-  const at::Tensor dD_rows = at::empty({dims.batch, dims.dim}, u.options());
+  const at::Tensor dD_rows = at::empty({dims.batch, dims.dim}, options);
   const at::Tensor ddelta_bias_rows = at::empty_like(dD_rows);
-  const at::Tensor dB_blocks = at::empty({dims.batch, n_blocks, dims.dstate, dims.length}, u.options());
+  const at::Tensor dB_blocks = at::empty({dims.batch, n_blocks, dims.dstate, dims.length}, options);
   const at::Tensor dC_blocks = at::empty_like(dB_blocks);
 
-  AT_DISPATCH_FLOATING_TYPES(dt, "pna_cpu_scan_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(a.u.scalar_type(), "pna_cpu_scan_backward", [&] {
     const BackwardPointers<scalar_t> p{
-        grad_out.data_ptr<scalar_t>(), grad_entropy.data_ptr<scalar_t>(), grad_halt.data_ptr<scalar_t>(),
-        grad_last_state.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(),
-        A.data_ptr<scalar_t>(), B.data_ptr<scalar_t>(), C.data_ptr<scalar_t>(), D.data_ptr<scalar_t>(),
-        z.has_value() ? z->data_ptr<scalar_t>() : nullptr, delta_bias.data_ptr<scalar_t>(),
-        halt_weight.data_ptr<scalar_t>(), checkpoints.data_ptr<scalar_t>(), entropy_sums.data_ptr<scalar_t>(),
-        du.data_ptr<scalar_t>(), ddelta.data_ptr<scalar_t>(), dz.has_value() ? dz->data_ptr<scalar_t>() : nullptr,
-        dinitial_state.data_ptr<scalar_t>(), dA_rows.data_ptr<scalar_t>(), dhalt_weight_rows.data_ptr<scalar_t>(),
+        cot.grad_out.data_ptr<scalar_t>(), cot.grad_entropy.data_ptr<scalar_t>(), cot.grad_halt.data_ptr<scalar_t>(),
+        cot.grad_last_state.data_ptr<scalar_t>(), a.u.data_ptr<scalar_t>(), a.delta.data_ptr<scalar_t>(),
+        a.A.data_ptr<scalar_t>(), a.B.data_ptr<scalar_t>(), a.C.data_ptr<scalar_t>(), a.D.data_ptr<scalar_t>(),
+        a.z.has_value() ? a.z->data_ptr<scalar_t>() : nullptr, a.delta_bias.data_ptr<scalar_t>(),
+        a.halt_weight.data_ptr<scalar_t>(), saved.checkpoints.data_ptr<scalar_t>(),
+        saved.entropy_sums.data_ptr<scalar_t>(),
+        a.with_channel_mean ? cot.grad_channel_mean.data_ptr<scalar_t>() : nullptr, g.u.data_ptr<scalar_t>(),
+        g.delta.data_ptr<scalar_t>(), g.z.has_value() ? g.z->data_ptr<scalar_t>() : nullptr,
+        g.initial_state.data_ptr<scalar_t>(), dA_rows.data_ptr<scalar_t>(), dhalt_weight_rows.data_ptr<scalar_t>(),
         dD_rows.data_ptr<scalar_t>(), ddelta_bias_rows.data_ptr<scalar_t>(), dB_blocks.data_ptr<scalar_t>(),
         dC_blocks.data_ptr<scalar_t>()};
-    backward(p, dims, delta_softplus, num_threads, dA.data_ptr<scalar_t>(), dB.data_ptr<scalar_t>(),
-             dC.data_ptr<scalar_t>(), dD.data_ptr<scalar_t>(), ddelta_bias.data_ptr<scalar_t>(),
-             dhalt_weight.data_ptr<scalar_t>(), dhalt_bias.data_ptr<scalar_t>());
+    backward(p, dims, a.delta_softplus, num_threads, g.A.data_ptr<scalar_t>(), g.B.data_ptr<scalar_t>(),
+             g.C.data_ptr<scalar_t>(), g.D.data_ptr<scalar_t>(), g.delta_bias.data_ptr<scalar_t>(),
+             g.halt_weight.data_ptr<scalar_t>(), g.halt_bias.data_ptr<scalar_t>());
   });
+  return g;
 }
 
 }  // namespace pna_cpu

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 #include "vector_math.h"
 
@@ -103,10 +104,14 @@ inline scalar_t discretize(scalar_t x, bool use_softplus) {
   return use_softplus ? softplus(x) : x;
 }
 
-// Entropy H = log(S1) - S2 / S1 of the sums S1 = sum e and S2 = sum e log e; 0 for an all-zero state.
+// Entropy H = log(S1) - S2 / S1 of the sums S1 = sum e and S2 = sum e log e; 0 for an all-zero state. NaN when
+// the state is non-finite or its energy overflows (NaN or infinite sums): H of a finite state lies in
+// [0, log(D N)], so a non-finite result can only mean that, and it must not pass for a number.
 template <typename scalar_t>
 inline scalar_t entropy_from_sums(scalar_t s1, scalar_t s2) {
-  return s1 > scalar_t(0) ? std::log(s1) - s2 / s1 : scalar_t(0);
+  if (s1 == scalar_t(0)) return scalar_t(0);
+  const scalar_t h = std::log(s1) - s2 / s1;
+  return std::isfinite(h) ? h : std::numeric_limits<scalar_t>::quiet_NaN();
 }
 
 }  // namespace pna_cpu

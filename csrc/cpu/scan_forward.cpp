@@ -4,7 +4,8 @@
 // block's state as (N, channels) and walks time chunk by chunk; the innermost loop runs over the block's
 // channels, contiguous in that layout, so each step's y, S1, S2 and halt sums accumulate lane-wise with no
 // reduction inside the vector loop. The per-token sums of the block go to a partial buffer (batch, blocks, 3, L)
-// that is summed over blocks in a fixed order.
+// that is summed over blocks in a fixed order; so is the optional channel mean, whose per-block sums over channels
+// go to a (batch, blocks, L, N) buffer (never (batch, L, D, N)).
 #include <vector>
 
 #include <ATen/Dispatch.h>
@@ -33,7 +34,8 @@ struct ForwardPointers {
   scalar_t* out;
   scalar_t* last_state;
   scalar_t* checkpoints;
-  scalar_t* partials;  // (batch, blocks, 3, L): S1, S2, halt sum of each block
+  scalar_t* partials;       // (batch, blocks, 3, L): S1, S2, halt sum of each block
+  scalar_t* mean_partials;  // (batch, blocks, L, N): sum of h over the block's channels; nullptr if not asked
 };
 
 template <typename scalar_t>
@@ -47,6 +49,7 @@ PNA_CPU_MULTIVERSION void forward_block(const ForwardPointers<scalar_t>& p, cons
   const scalar_t* Bg = p.B + (b * dims.groups + group) * N * L;
   const scalar_t* Cg = p.C + (b * dims.groups + group) * N * L;
   scalar_t* part = p.partials + (b * blocks.count(dims) + block) * 3 * L;
+  scalar_t* mean_part = p.mean_partials == nullptr ? nullptr : p.mean_partials + (b * blocks.count(dims) + block) * L * N;
   // Channel-innermost copies ([n][channel] and [step][channel]), so the vector loops run over W channels.
   std::vector<scalar_t> h(N * W), A(N * W), hw(N * W), dt(T * W), u(T * W), gate(T * W, scalar_t(1)), row(T);
   std::vector<scalar_t> y(W), s1(W), s2(W), hsum(W);
@@ -96,6 +99,7 @@ PNA_CPU_MULTIVERSION void forward_block(const ForwardPointers<scalar_t>& p, cons
           s2[k] += e * log_or_zero(e);
           hsum[k] += hwn[k] * v;
         }
+        if (mean_part != nullptr) mean_part[(t0 + t) * N + n] = lane_sum(hn);
       }
       for (int64_t k = 0; k < width; ++k) {
         p.out[(b * dims.dim + d0 + k) * L + t0 + t] = (y[k] + p.D[d0 + k] * ut[k]) * gate[t * W + k];
@@ -112,9 +116,9 @@ PNA_CPU_MULTIVERSION void forward_block(const ForwardPointers<scalar_t>& p, cons
 
 template <typename scalar_t>
 void forward(const ForwardPointers<scalar_t>& p, const ScanDims& dims, bool delta_softplus, int64_t num_threads,
-             scalar_t halt_bias, scalar_t* entropy, scalar_t* halt, scalar_t* entropy_sums) {
+             scalar_t halt_bias, scalar_t* entropy, scalar_t* halt, scalar_t* entropy_sums, scalar_t* channel_mean) {
   const ChannelBlocks blocks(dims);
-  const int64_t n_blocks = blocks.count(dims), items = dims.batch * n_blocks, L = dims.length;
+  const int64_t n_blocks = blocks.count(dims), items = dims.batch * n_blocks, L = dims.length, N = dims.dstate;
 #pragma omp parallel for num_threads(num_threads) schedule(dynamic, 1)
   for (int64_t item = 0; item < items; ++item) {
     forward_block(p, dims, blocks, delta_softplus, item / n_blocks, item % n_blocks);
@@ -134,48 +138,51 @@ void forward(const ForwardPointers<scalar_t>& p, const ScanDims& dims, bool delt
       halt[b * L + t] = hsum + halt_bias;
     }
   }
+  if (channel_mean == nullptr) return;
+  const scalar_t inv_dim = scalar_t(1) / scalar_t(dims.dim);
+  for (int64_t b = 0; b < dims.batch; ++b) {
+    scalar_t* mean = channel_mean + b * L * N;
+    std::fill(mean, mean + L * N, scalar_t(0));
+    for (int64_t block = 0; block < n_blocks; ++block) {
+      const scalar_t* part = p.mean_partials + (b * n_blocks + block) * L * N;
+      for (int64_t i = 0; i < L * N; ++i) mean[i] += part[i];
+    }
+    for (int64_t i = 0; i < L * N; ++i) mean[i] *= inv_dim;
+  }
 }
 
 }  // namespace
 
-void scan_forward_out(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
-                      const at::Tensor& C, const at::Tensor& D, const std::optional<at::Tensor>& z,
-                      const at::Tensor& delta_bias, const at::Tensor& halt_weight, const at::Tensor& halt_bias,
-                      const at::Tensor& initial_state, bool delta_softplus, int64_t chunk, int64_t num_threads,
-                      at::Tensor& out, at::Tensor& entropy, at::Tensor& halt, at::Tensor& last_state,
-                      at::Tensor& checkpoints, at::Tensor& entropy_sums) {
-  TORCH_CHECK_VALUE(u.dim() == 3, "u: expected (batch, D, L), got shape ", u.sizes());
-  TORCH_CHECK_VALUE(A.dim() == 2, "A: expected (D, N), got shape ", A.sizes());
-  TORCH_CHECK_VALUE(B.dim() == 4, "B: expected (batch, G, N, L), got shape ", B.sizes());
-  check_compute_dtype("u", u);
-  check_positive("chunk", chunk);
+ScanResult scan_forward(const ScanArgs& a, int64_t num_threads) {
+  const ScanDims dims = check_scan_args(a);
   check_positive("num_threads", num_threads);
-  const ScanDims dims{u.size(0), u.size(1), u.size(2), A.size(1), B.size(1), chunk};
-  TORCH_CHECK_VALUE(dims.groups >= 1 && dims.dim % dims.groups == 0, "B: number of groups ", dims.groups,
-                    " must divide D = ", dims.dim);
-  const auto dt = u.scalar_type();
-  const std::vector<int64_t> bdl{dims.batch, dims.dim, dims.length}, dn{dims.dim, dims.dstate},
-      bgnl{dims.batch, dims.groups, dims.dstate, dims.length}, bdn{dims.batch, dims.dim, dims.dstate},
-      bl{dims.batch, dims.length};
-  check_tensors(dt, {{"u", &u, bdl}, {"delta", &delta, bdl}, {"A", &A, dn}, {"B", &B, bgnl}, {"C", &C, bgnl},
-                     {"D", &D, {dims.dim}}, {"delta_bias", &delta_bias, {dims.dim}}, {"halt_weight", &halt_weight, dn},
-                     {"halt_bias", &halt_bias, {}}, {"initial_state", &initial_state, bdn}, {"out", &out, bdl},
-                     {"entropy", &entropy, bl}, {"halt", &halt, bl}, {"last_state", &last_state, bdn},
-                     {"checkpoints", &checkpoints, {dims.batch, dims.n_chunks(), dims.dim, dims.dstate}},
-                     {"entropy_sums", &entropy_sums, {dims.batch, 2, dims.length}}});
-  if (z.has_value()) check_tensors(dt, {{"z", &*z, bdl}});
-  at::Tensor partials = at::empty({dims.batch, ChannelBlocks(dims).count(dims), 3, dims.length}, u.options());
+  const auto options = a.u.options();
+  ScanResult r;
+  r.out = at::empty({dims.batch, dims.dim, dims.length}, options);
+  r.entropy = at::empty({dims.batch, dims.length}, options);
+  r.halt_logits = at::empty({dims.batch, dims.length}, options);
+  r.last_state = at::empty({dims.batch, dims.dim, dims.dstate}, options);
+  r.channel_mean = a.with_channel_mean ? at::empty({dims.batch, dims.length, dims.dstate}, options)
+                                       : at::empty({0}, options);
+  r.checkpoints = at::empty({dims.batch, dims.n_chunks(), dims.dim, dims.dstate}, options);
+  r.entropy_sums = at::empty({dims.batch, 2, dims.length}, options);
+  const int64_t n_blocks = ChannelBlocks(dims).count(dims);
+  const at::Tensor partials = at::empty({dims.batch, n_blocks, 3, dims.length}, options);
+  const at::Tensor mean_partials =
+      at::empty({a.with_channel_mean ? dims.batch : 0, n_blocks, dims.length, dims.dstate}, options);
 
-  AT_DISPATCH_FLOATING_TYPES(dt, "pna_cpu_scan_forward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(a.u.scalar_type(), "pna_cpu_scan_forward", [&] {
     const ForwardPointers<scalar_t> p{
-        u.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(), A.data_ptr<scalar_t>(), B.data_ptr<scalar_t>(),
-        C.data_ptr<scalar_t>(), D.data_ptr<scalar_t>(), z.has_value() ? z->data_ptr<scalar_t>() : nullptr,
-        delta_bias.data_ptr<scalar_t>(), halt_weight.data_ptr<scalar_t>(), initial_state.data_ptr<scalar_t>(),
-        out.data_ptr<scalar_t>(), last_state.data_ptr<scalar_t>(), checkpoints.data_ptr<scalar_t>(),
-        partials.data_ptr<scalar_t>()};
-    forward(p, dims, delta_softplus, num_threads, halt_bias.item<scalar_t>(), entropy.data_ptr<scalar_t>(),
-            halt.data_ptr<scalar_t>(), entropy_sums.data_ptr<scalar_t>());
+        a.u.data_ptr<scalar_t>(), a.delta.data_ptr<scalar_t>(), a.A.data_ptr<scalar_t>(), a.B.data_ptr<scalar_t>(),
+        a.C.data_ptr<scalar_t>(), a.D.data_ptr<scalar_t>(), a.z.has_value() ? a.z->data_ptr<scalar_t>() : nullptr,
+        a.delta_bias.data_ptr<scalar_t>(), a.halt_weight.data_ptr<scalar_t>(), a.initial_state.data_ptr<scalar_t>(),
+        r.out.data_ptr<scalar_t>(), r.last_state.data_ptr<scalar_t>(), r.checkpoints.data_ptr<scalar_t>(),
+        partials.data_ptr<scalar_t>(), a.with_channel_mean ? mean_partials.data_ptr<scalar_t>() : nullptr};
+    forward(p, dims, a.delta_softplus, num_threads, a.halt_bias.item<scalar_t>(), r.entropy.data_ptr<scalar_t>(),
+            r.halt_logits.data_ptr<scalar_t>(), r.entropy_sums.data_ptr<scalar_t>(),
+            a.with_channel_mean ? r.channel_mean.data_ptr<scalar_t>() : nullptr);
   });
+  return r;
 }
 
 }  // namespace pna_cpu

@@ -1,8 +1,10 @@
 // One decode step on the CPU: advance the state by one token in place and read y, entropy and halt off it.
 // Batch rows are independent work items; within a row the sums over channels run in a fixed order.
+#include <algorithm>
 #include <vector>
 
 #include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
 
 #include "scan_common.h"
 #include "scan_kernels.h"
@@ -27,6 +29,7 @@ struct StepPointers {
   scalar_t* y;
   scalar_t* entropy;
   scalar_t* halt;
+  scalar_t* channel_mean;  // (batch, N)
 };
 
 template <typename scalar_t>
@@ -34,6 +37,8 @@ PNA_CPU_MULTIVERSION void state_update_row(const StepPointers<scalar_t>& p, int6
                       bool dt_softplus, scalar_t halt_bias, int64_t b) {
   const int64_t N = dstate, per_group = dim / groups;
   scalar_t s1 = 0, s2 = 0, hsum = 0;
+  scalar_t* mean = p.channel_mean + b * N;
+  std::fill(mean, mean + N, scalar_t(0));
   for (int64_t d = 0; d < dim; ++d) {
     const int64_t i = b * dim + d;
     const scalar_t dt = discretize(p.dt[i] + p.dt_bias[d], dt_softplus);
@@ -53,6 +58,7 @@ PNA_CPU_MULTIVERSION void state_update_row(const StepPointers<scalar_t>& p, int6
       ds1 += e;
       ds2 += e * log_or_zero(e);
       dh += hw[n] * hn;
+      mean[n] += hn;  // channels in order, so the sum is the same on every run
     }
     s1 += ds1;
     s2 += ds2;
@@ -60,6 +66,8 @@ PNA_CPU_MULTIVERSION void state_update_row(const StepPointers<scalar_t>& p, int6
     y += p.D[d] * x;
     p.y[i] = p.z == nullptr ? y : y * silu(p.z[i]);
   }
+  const scalar_t inv_dim = scalar_t(1) / scalar_t(dim);
+  for (int64_t n = 0; n < N; ++n) mean[n] *= inv_dim;
   p.entropy[b] = entropy_from_sums(s1, s2);
   p.halt[b] = hsum + halt_bias;
 }
@@ -73,35 +81,34 @@ void state_update(const StepPointers<scalar_t>& p, int64_t batch, int64_t dim, i
 
 }  // namespace
 
-void state_update_out(at::Tensor& state, const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
-                      const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
-                      const std::optional<at::Tensor>& z, const at::Tensor& dt_bias, const at::Tensor& halt_weight,
-                      const at::Tensor& halt_bias, bool dt_softplus, int64_t num_threads, at::Tensor& y,
-                      at::Tensor& entropy, at::Tensor& halt) {
-  TORCH_CHECK_VALUE(x.dim() == 2, "x: expected (batch, D), got shape ", x.sizes());
-  TORCH_CHECK_VALUE(A.dim() == 2, "A: expected (D, N), got shape ", A.sizes());
-  TORCH_CHECK_VALUE(B.dim() == 3, "B: expected (batch, G, N), got shape ", B.sizes());
-  check_compute_dtype("x", x);
+StateUpdateResult state_update(const StateUpdateArgs& a, int64_t num_threads) {
+  TORCH_CHECK_VALUE(a.x.dim() == 2, "x: expected (batch, D), got shape ", a.x.sizes());
+  TORCH_CHECK_VALUE(a.A.dim() == 2, "A: expected (D, N), got shape ", a.A.sizes());
+  TORCH_CHECK_VALUE(a.B.dim() == 3, "B: expected (batch, G, N), got shape ", a.B.sizes());
+  check_compute_dtype("x", a.x);
   check_positive("num_threads", num_threads);
-  const int64_t batch = x.size(0), dim = x.size(1), dstate = A.size(1), groups = B.size(1);
+  const int64_t batch = a.x.size(0), dim = a.x.size(1), dstate = a.A.size(1), groups = a.B.size(1);
   TORCH_CHECK_VALUE(groups >= 1 && dim % groups == 0, "B: number of groups ", groups, " must divide D = ", dim);
   const std::vector<int64_t> bd{batch, dim}, dn{dim, dstate}, bgn{batch, groups, dstate};
-  check_tensors(x.scalar_type(), {{"state", &state, {batch, dim, dstate}}, {"x", &x, bd}, {"dt", &dt, bd},
-                                  {"A", &A, dn}, {"B", &B, bgn}, {"C", &C, bgn}, {"D", &D, {dim}},
-                                  {"dt_bias", &dt_bias, {dim}}, {"halt_weight", &halt_weight, dn},
-                                  {"halt_bias", &halt_bias, {}}, {"y", &y, bd}, {"entropy", &entropy, {batch}},
-                                  {"halt", &halt, {batch}}});
-  if (z.has_value()) check_tensors(x.scalar_type(), {{"z", &*z, bd}});
+  check_tensors(a.x.scalar_type(), {{"state", &a.state, {batch, dim, dstate}}, {"x", &a.x, bd}, {"dt", &a.dt, bd},
+                                    {"A", &a.A, dn}, {"B", &a.B, bgn}, {"C", &a.C, bgn}, {"D", &a.D, {dim}},
+                                    {"dt_bias", &a.dt_bias, {dim}}, {"halt_weight", &a.halt_weight, dn},
+                                    {"halt_bias", &a.halt_bias, {}}});
+  if (a.z.has_value()) check_tensors(a.x.scalar_type(), {{"z", &*a.z, bd}});
+  const auto options = a.x.options();
+  StateUpdateResult r{at::empty({batch, dim}, options), at::empty({batch}, options), at::empty({batch}, options),
+                      at::empty({batch, dstate}, options)};
 
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pna_cpu_state_update", [&] {
+  AT_DISPATCH_FLOATING_TYPES(a.x.scalar_type(), "pna_cpu_state_update", [&] {
     const StepPointers<scalar_t> p{
-        state.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), dt.data_ptr<scalar_t>(), A.data_ptr<scalar_t>(),
-        B.data_ptr<scalar_t>(), C.data_ptr<scalar_t>(), D.data_ptr<scalar_t>(),
-        z.has_value() ? z->data_ptr<scalar_t>() : nullptr, dt_bias.data_ptr<scalar_t>(),
-        halt_weight.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), entropy.data_ptr<scalar_t>(),
-        halt.data_ptr<scalar_t>()};
-    state_update(p, batch, dim, dstate, groups, dt_softplus, halt_bias.item<scalar_t>(), num_threads);
+        a.state.data_ptr<scalar_t>(), a.x.data_ptr<scalar_t>(), a.dt.data_ptr<scalar_t>(), a.A.data_ptr<scalar_t>(),
+        a.B.data_ptr<scalar_t>(), a.C.data_ptr<scalar_t>(), a.D.data_ptr<scalar_t>(),
+        a.z.has_value() ? a.z->data_ptr<scalar_t>() : nullptr, a.dt_bias.data_ptr<scalar_t>(),
+        a.halt_weight.data_ptr<scalar_t>(), r.y.data_ptr<scalar_t>(), r.entropy.data_ptr<scalar_t>(),
+        r.halt_logits.data_ptr<scalar_t>(), r.channel_mean.data_ptr<scalar_t>()};
+    state_update(p, batch, dim, dstate, groups, a.dt_softplus, a.halt_bias.item<scalar_t>(), num_threads);
   });
+  return r;
 }
 
 }  // namespace pna_cpu

@@ -1,19 +1,20 @@
-// Python bindings of the CUDA backend (loaded by pna_kernels/cuda.py): allocate outputs and scratch with torch,
-// call the extern "C" launchers of scan_kernels.h on the current stream, turn a launcher's error into a Python
-// RuntimeError, and add up the kernels' per-block / per-row partial sums in a fixed order (torch sums, which are
-// deterministic for a given shape).
+// Python bindings of the CUDA backend (loaded by pna_kernels/cuda.py). The entry points take the dataclasses of
+// pna_kernels/contract.py (any object with their field names), allocate outputs and scratch with torch, fill the
+// launchers' structs of scan_kernels.h, call them on the current stream, turn a launcher's error into a Python
+// RuntimeError, add up the kernels' per-block / per-row partial sums in a fixed order (torch sums, which are
+// deterministic for a given shape), and return a dict keyed by the field names of the result dataclass. They keep
+// the guards a raw caller needs: device, dtype, contiguity and the compiled chunk size.
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/extension.h>
 
 #include <optional>
-#include <tuple>
-#include <vector>
 
 #include "scan_kernels.h"
 
 namespace {
 
+namespace py = pybind11;
 using at::Tensor;
 
 int dtype_code(const Tensor& t) {
@@ -21,20 +22,42 @@ int dtype_code(const Tensor& t) {
     case at::kFloat: return PNA_FLOAT32;
     case at::kHalf: return PNA_FLOAT16;
     case at::kBFloat16: return PNA_BFLOAT16;
-    default: TORCH_CHECK(false, "pna cuda: inputs must be float32, float16 or bfloat16, got ", t.scalar_type());
+    default: TORCH_CHECK_VALUE(false, "u: the CUDA kernels take float32, float16 or bfloat16, got ", t.scalar_type());
   }
   return -1;
 }
 
-void check(const Tensor& t, const char* name, at::ScalarType dtype, const Tensor& like) {
-  TORCH_CHECK(t.is_cuda() && t.device() == like.device(), "pna cuda: ", name, " must be on ", like.device());
-  TORCH_CHECK(t.scalar_type() == dtype, "pna cuda: ", name, " must be ", dtype, ", got ", t.scalar_type());
-  TORCH_CHECK(t.is_contiguous(), "pna cuda: ", name, " must be contiguous");
-}
+// Reads the tensor fields of a contract dataclass, each checked against the device of the first one read.
+class Fields {
+ public:
+  explicit Fields(const py::handle& obj) : obj_(obj) {}
 
-void raise_if_failed(const char* launcher, const char* error) {
-  TORCH_CHECK(error == nullptr, "pna cuda: ", launcher, " failed: ", error);
-}
+  // The field `name`, in `dtype` (any dtype when not given).
+  Tensor get(const char* name, std::optional<at::ScalarType> dtype = std::nullopt) {
+    Tensor t = obj_.attr(name).cast<Tensor>();
+    if (!device_.has_value()) device_ = t.device();
+    TORCH_CHECK_VALUE(t.is_cuda() && t.device() == *device_, name, ": expected a CUDA tensor on ", *device_,
+                      ", got ", t.device());
+    TORCH_CHECK_VALUE(!dtype.has_value() || t.scalar_type() == *dtype, name, ": expected dtype ", *dtype, ", got ",
+                      t.scalar_type());
+    TORCH_CHECK_VALUE(t.is_contiguous(), name, ": must be contiguous");
+    return t;
+  }
+
+  std::optional<Tensor> optional(const char* name, at::ScalarType dtype) {
+    if (obj_.attr(name).is_none()) return std::nullopt;
+    return get(name, dtype);
+  }
+
+  template <typename V>
+  V value(const char* name) {
+    return obj_.attr(name).cast<V>();
+  }
+
+ private:
+  py::handle obj_;
+  std::optional<at::Device> device_;
+};
 
 template <typename T = float>
 T* ptr(const Tensor& t) {
@@ -43,150 +66,178 @@ T* ptr(const Tensor& t) {
 
 const void* optional_ptr(const std::optional<Tensor>& t) { return t.has_value() ? t->data_ptr() : nullptr; }
 
-void check_chunk(int64_t chunk_size) {
-  TORCH_CHECK(chunk_size == pna_cuda_chunk_size(), "pna cuda: the kernels are compiled for chunk_size ",
-              pna_cuda_chunk_size(), ", got ", chunk_size);
+void raise_if_failed(const char* launcher, const char* error) {
+  TORCH_CHECK(error == nullptr, "pna cuda: ", launcher, " failed: ", error);
 }
 
-// Checks shared by the forward and the backward; returns (batch, D, L, N, G).
-std::tuple<int, int, int, int, int> check_scan(const Tensor& u, const Tensor& delta, const Tensor& A,
-                                               const Tensor& B, const Tensor& C, const Tensor& D,
-                                               const std::optional<Tensor>& z, const Tensor& delta_bias,
-                                               const Tensor& halt_weight, const Tensor& halt_bias) {
-  const auto dt = u.scalar_type();
-  check(u, "u", dt, u);
-  check(delta, "delta", dt, u);
-  check(B, "B", dt, u);
-  check(C, "C", dt, u);
-  if (z.has_value()) check(*z, "z", dt, u);
-  for (const auto& [t, name] : {std::pair<const Tensor&, const char*>{A, "A"}, {D, "D"}, {delta_bias, "delta_bias"},
-                                {halt_weight, "halt_weight"}, {halt_bias, "halt_bias"}})
-    check(t, name, at::kFloat, u);
-  TORCH_CHECK(u.dim() == 3 && B.dim() == 4 && A.dim() == 2, "pna cuda: u must be (batch, D, L), B (batch, G, N, L)");
-  return {static_cast<int>(u.size(0)), static_cast<int>(u.size(1)), static_cast<int>(u.size(2)),
-          static_cast<int>(A.size(1)), static_cast<int>(B.size(1))};
+int to_int(int64_t v, const char* name) {
+  TORCH_CHECK_VALUE(v >= 0 && v <= INT32_MAX, name, ": ", v, " does not fit the kernels' int indices");
+  return static_cast<int>(v);
 }
 
-std::vector<Tensor> scan_forward(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B,
-                                 const Tensor& C, const Tensor& D, const std::optional<Tensor>& z,
-                                 const Tensor& delta_bias, const Tensor& halt_weight, const Tensor& halt_bias,
-                                 const Tensor& initial_state, bool delta_softplus, int64_t chunk_size) {
-  check_chunk(chunk_size);
-  const auto [batch, dim, length, dstate, groups] =
-      check_scan(u, delta, A, B, C, D, z, delta_bias, halt_weight, halt_bias);
-  check(initial_state, "initial_state", at::kFloat, u);
-  const c10::cuda::CUDAGuard guard(u.device());
-  const auto f32 = u.options().dtype(at::kFloat);
-  const int n_chunks = (length + chunk_size - 1) / chunk_size;
-  const int n_dblocks = pna_cuda_num_dblocks(dim, groups, dstate);
-  Tensor out = at::empty_like(u);
-  Tensor entropy = at::empty({batch, length}, f32);
-  Tensor halt = at::empty({batch, length}, f32);
-  Tensor last_state = at::empty({batch, dim, dstate}, f32);
-  Tensor checkpoints = at::empty({batch, n_chunks, dim, dstate}, f32);
-  Tensor entropy_sums = at::empty({batch, 2, length}, f32);
-  Tensor partials = at::empty({3, batch, n_dblocks, length}, f32);
-  raise_if_failed("scan_forward",
-                  pna_cuda_scan_forward(dtype_code(u), u.data_ptr(), delta.data_ptr(), ptr(A), B.data_ptr(),
-                                        C.data_ptr(), ptr(D), optional_ptr(z), ptr(delta_bias), ptr(halt_weight),
-                                        ptr(halt_bias), ptr(initial_state), delta_softplus, batch, dim, length,
-                                        dstate, groups, out.data_ptr(), ptr(last_state), ptr(checkpoints),
-                                        ptr(partials), ptr(entropy), ptr(halt), ptr(entropy_sums),
-                                        c10::cuda::getCurrentCUDAStream()));
-  return {out, entropy, halt, last_state, checkpoints, entropy_sums};
+// The tensors of a contract.ScanArgs, kept alive while the launcher's struct points into them.
+struct ScanInputs {
+  Tensor u, delta, A, B, C, D, delta_bias, halt_weight, halt_bias, initial_state;
+  std::optional<Tensor> z;
+  PnaScanArgs args;
+};
+
+ScanInputs scan_inputs(const py::handle& obj) {
+  Fields f(obj);
+  ScanInputs in;
+  in.u = f.get("u");
+  const auto act = in.u.scalar_type(), f32 = at::kFloat;
+  in.delta = f.get("delta", act);
+  in.A = f.get("A", f32);
+  in.B = f.get("B", act);
+  in.C = f.get("C", act);
+  in.D = f.get("D", f32);
+  in.z = f.optional("z", act);
+  in.delta_bias = f.get("delta_bias", f32);
+  in.halt_weight = f.get("halt_weight", f32);
+  in.halt_bias = f.get("halt_bias", f32);
+  in.initial_state = f.get("initial_state", f32);
+  TORCH_CHECK_VALUE(in.u.dim() == 3 && in.B.dim() == 4 && in.A.dim() == 2,
+                    "u, B, A: expected (batch, D, L), (batch, G, N, L), (D, N)");
+  const int64_t chunk_size = f.value<int64_t>("chunk_size");
+  TORCH_CHECK_VALUE(chunk_size == PNA_CUDA_CHUNK, "chunk_size: the kernels are compiled for ", PNA_CUDA_CHUNK,
+                    ", got ", chunk_size);
+  PnaScanArgs& a = in.args;
+  a.dtype = dtype_code(in.u);
+  a.batch = to_int(in.u.size(0), "u");
+  a.dim = to_int(in.u.size(1), "u");
+  a.length = to_int(in.u.size(2), "u");
+  a.dstate = to_int(in.A.size(1), "A");
+  a.groups = to_int(in.B.size(1), "B");
+  a.delta_softplus = f.value<bool>("delta_softplus");
+  a.with_channel_mean = f.value<bool>("with_channel_mean");
+  a.u = in.u.data_ptr();
+  a.delta = in.delta.data_ptr();
+  a.A = ptr(in.A);
+  a.B = in.B.data_ptr();
+  a.C = in.C.data_ptr();
+  a.D = ptr(in.D);
+  a.z = optional_ptr(in.z);
+  a.delta_bias = ptr(in.delta_bias);
+  a.halt_weight = ptr(in.halt_weight);
+  a.halt_bias = ptr(in.halt_bias);
+  a.initial_state = ptr(in.initial_state);
+  return in;
 }
 
-std::vector<std::optional<Tensor>> scan_backward(
-    const Tensor& grad_out, const Tensor& grad_entropy, const Tensor& grad_halt, const Tensor& grad_last_state,
-    const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C, const Tensor& D,
-    const std::optional<Tensor>& z, const Tensor& delta_bias, const Tensor& halt_weight, const Tensor& halt_bias,
-    const Tensor& initial_state, const Tensor& checkpoints, const Tensor& entropy_sums, bool delta_softplus,
-    int64_t chunk_size) {
-  check_chunk(chunk_size);
-  const auto [batch, dim, length, dstate, groups] =
-      check_scan(u, delta, A, B, C, D, z, delta_bias, halt_weight, halt_bias);
-  check(grad_out, "grad_out", u.scalar_type(), u);
-  check(grad_entropy, "grad_entropy", at::kFloat, u);
-  check(grad_halt, "grad_halt", at::kFloat, u);
-  check(grad_last_state, "grad_last_state", at::kFloat, u);
-  check(initial_state, "initial_state", at::kFloat, u);
-  check(checkpoints, "checkpoints", at::kFloat, u);
-  check(entropy_sums, "entropy_sums", at::kFloat, u);
-  const c10::cuda::CUDAGuard guard(u.device());
-  const auto f32 = u.options().dtype(at::kFloat);
-  const int n_dblocks = pna_cuda_num_dblocks(dim, groups, dstate);
-  Tensor du = at::empty_like(u);
-  Tensor ddelta = at::empty_like(delta);
+py::dict scan_forward(const py::handle& args) {
+  const ScanInputs in = scan_inputs(args);
+  const PnaScanArgs& a = in.args;
+  const c10::cuda::CUDAGuard guard(in.u.device());
+  const auto f32 = in.u.options().dtype(at::kFloat);
+  const int n_chunks = (a.length + PNA_CUDA_CHUNK - 1) / PNA_CUDA_CHUNK;
+  const int n_dblocks = pna_cuda_num_dblocks(a.dim, a.groups, a.dstate);
+  const bool mean = a.with_channel_mean != 0;
+  Tensor out = at::empty_like(in.u);
+  Tensor entropy = at::empty({a.batch, a.length}, f32);
+  Tensor halt = at::empty({a.batch, a.length}, f32);
+  Tensor last_state = at::empty({a.batch, a.dim, a.dstate}, f32);
+  Tensor channel_mean = mean ? at::empty({a.batch, a.length, a.dstate}, f32) : at::empty({0}, f32);
+  Tensor checkpoints = at::empty({a.batch, n_chunks, a.dim, a.dstate}, f32);
+  Tensor entropy_sums = at::empty({a.batch, 2, a.length}, f32);
+  Tensor partials = at::empty({3, a.batch, n_dblocks, a.length}, f32);
+  Tensor channel_partials = at::empty({mean ? a.batch : 0, n_dblocks, a.length, a.dstate}, f32);
+  const PnaScanResult r{out.data_ptr(), ptr(entropy),      ptr(halt),     ptr(last_state),
+                        mean ? ptr(channel_mean) : nullptr, ptr(checkpoints), ptr(entropy_sums), ptr(partials),
+                        mean ? ptr(channel_partials) : nullptr};
+  raise_if_failed("scan_forward", pna_cuda_scan_forward(&a, &r, c10::cuda::getCurrentCUDAStream()));
+  return py::dict(py::arg("out") = out, py::arg("entropy") = entropy, py::arg("halt_logits") = halt,
+                  py::arg("last_state") = last_state, py::arg("channel_mean") = channel_mean,
+                  py::arg("checkpoints") = checkpoints, py::arg("entropy_sums") = entropy_sums);
+}
+
+py::dict scan_backward(const py::handle& args, const py::handle& saved_obj, const py::handle& cot_obj) {
+  const ScanInputs in = scan_inputs(args);
+  const PnaScanArgs& a = in.args;
+  const auto f32 = at::kFloat;
+  Fields saved_fields(saved_obj), cot_fields(cot_obj);
+  const Tensor checkpoints = saved_fields.get("checkpoints", f32), entropy_sums = saved_fields.get("entropy_sums", f32);
+  const Tensor grad_out = cot_fields.get("grad_out", in.u.scalar_type());
+  const Tensor grad_entropy = cot_fields.get("grad_entropy", f32), grad_halt = cot_fields.get("grad_halt", f32);
+  const Tensor grad_last_state = cot_fields.get("grad_last_state", f32);
+  const Tensor grad_channel_mean = cot_fields.get("grad_channel_mean", f32);
+  const bool mean = a.with_channel_mean != 0;
+  TORCH_CHECK_VALUE(!mean || grad_channel_mean.sizes() == at::IntArrayRef({a.batch, a.length, a.dstate}),
+                    "grad_channel_mean: expected shape (batch, L, N), got ", grad_channel_mean.sizes());
+  const c10::cuda::CUDAGuard guard(in.u.device());
+  const auto opts = in.u.options().dtype(f32);
+  const int n_dblocks = pna_cuda_num_dblocks(a.dim, a.groups, a.dstate);
+  Tensor du = at::empty_like(in.u), ddelta = at::empty_like(in.delta);
   std::optional<Tensor> dz;
-  if (z.has_value()) dz = at::empty_like(*z);
-  Tensor dA_rows = at::empty({batch, dim, dstate}, f32);
-  Tensor dhalt_weight_rows = at::empty({batch, dim, dstate}, f32);
-  Tensor dinitial_state = at::empty({batch, dim, dstate}, f32);
-  Tensor dD_rows = at::empty({batch, dim}, f32);
-  Tensor ddelta_bias_rows = at::empty({batch, dim}, f32);
-  Tensor dB_blocks = at::empty({batch, n_dblocks, dstate, length}, f32);
-  Tensor dC_blocks = at::empty({batch, n_dblocks, dstate, length}, f32);
-  raise_if_failed(
-      "scan_backward",
-      pna_cuda_scan_backward(dtype_code(u), grad_out.data_ptr(), ptr(grad_entropy), ptr(grad_halt),
-                             ptr(grad_last_state), u.data_ptr(), delta.data_ptr(), ptr(A), B.data_ptr(),
-                             C.data_ptr(), ptr(D), optional_ptr(z), ptr(delta_bias), ptr(halt_weight),
-                             ptr(checkpoints), ptr(entropy_sums), delta_softplus, batch, dim, length, dstate, groups,
-                             du.data_ptr(), ddelta.data_ptr(), dz.has_value() ? dz->data_ptr() : nullptr,
-                             ptr(dA_rows), ptr(dB_blocks), ptr(dC_blocks), ptr(dD_rows), ptr(ddelta_bias_rows),
-                             ptr(dhalt_weight_rows), ptr(dinitial_state), c10::cuda::getCurrentCUDAStream()));
-  const int64_t per_group = n_dblocks / groups;
+  if (in.z.has_value()) dz = at::empty_like(*in.z);
+  Tensor dA_rows = at::empty({a.batch, a.dim, a.dstate}, opts);
+  Tensor dhalt_weight_rows = at::empty({a.batch, a.dim, a.dstate}, opts);
+  Tensor dinitial_state = at::empty({a.batch, a.dim, a.dstate}, opts);
+  Tensor dD_rows = at::empty({a.batch, a.dim}, opts);
+  Tensor ddelta_bias_rows = at::empty({a.batch, a.dim}, opts);
+  Tensor dB_blocks = at::empty({a.batch, n_dblocks, a.dstate, a.length}, opts);
+  Tensor dC_blocks = at::empty({a.batch, n_dblocks, a.dstate, a.length}, opts);
+  const PnaScanSaved s{ptr(checkpoints), ptr(entropy_sums)};
+  const PnaScanCotangents c{grad_out.data_ptr(), ptr(grad_entropy), ptr(grad_halt), ptr(grad_last_state),
+                            mean ? ptr(grad_channel_mean) : nullptr};
+  const PnaScanGradParts g{du.data_ptr(),       ddelta.data_ptr(),     dz.has_value() ? dz->data_ptr() : nullptr,
+                           ptr(dA_rows),        ptr(dB_blocks),        ptr(dC_blocks),
+                           ptr(dD_rows),        ptr(ddelta_bias_rows), ptr(dhalt_weight_rows),
+                           ptr(dinitial_state)};
+  raise_if_failed("scan_backward", pna_cuda_scan_backward(&a, &s, &c, &g, c10::cuda::getCurrentCUDAStream()));
+  const int64_t per_group = n_dblocks / a.groups;
   auto group_sum = [&](const Tensor& blocks, const Tensor& like) {
-    return blocks.view({batch, groups, per_group, dstate, length}).sum(2).to(like.scalar_type());
+    return blocks.view({a.batch, a.groups, per_group, a.dstate, a.length}).sum(2).to(like.scalar_type());
   };
-  return {du,
-          ddelta,
-          dA_rows.sum(0),
-          group_sum(dB_blocks, B),
-          group_sum(dC_blocks, C),
-          dD_rows.sum(0),
-          dz,
-          ddelta_bias_rows.sum(0),
-          dhalt_weight_rows.sum(0),
-          grad_halt.sum().reshape(halt_bias.sizes()),
-          dinitial_state};
+  return py::dict(py::arg("u") = du, py::arg("delta") = ddelta, py::arg("A") = dA_rows.sum(0),
+                  py::arg("B") = group_sum(dB_blocks, in.B), py::arg("C") = group_sum(dC_blocks, in.C),
+                  py::arg("D") = dD_rows.sum(0), py::arg("z") = dz.has_value() ? py::cast(*dz) : py::none(),
+                  py::arg("delta_bias") = ddelta_bias_rows.sum(0), py::arg("halt_weight") = dhalt_weight_rows.sum(0),
+                  py::arg("halt_bias") = grad_halt.sum().reshape(in.halt_bias.sizes()),
+                  py::arg("initial_state") = dinitial_state);
 }
 
-std::vector<Tensor> state_update(const Tensor& state, const Tensor& x, const Tensor& dt, const Tensor& A,
-                                 const Tensor& B, const Tensor& C, const Tensor& D, const std::optional<Tensor>& z,
-                                 const Tensor& dt_bias, const Tensor& halt_weight, const Tensor& halt_bias,
-                                 bool dt_softplus) {
-  const auto xt = x.scalar_type();
-  check(x, "x", xt, x);
-  check(dt, "dt", xt, x);
-  check(B, "B", xt, x);
-  check(C, "C", xt, x);
-  if (z.has_value()) check(*z, "z", xt, x);
-  for (const auto& [t, name] : {std::pair<const Tensor&, const char*>{state, "state"}, {A, "A"}, {D, "D"},
-                                {dt_bias, "dt_bias"}, {halt_weight, "halt_weight"}, {halt_bias, "halt_bias"}})
-    check(t, name, at::kFloat, x);
-  TORCH_CHECK(x.dim() == 2 && B.dim() == 3 && A.dim() == 2, "pna cuda: x must be (batch, D), B (batch, G, N)");
-  const int batch = static_cast<int>(x.size(0)), dim = static_cast<int>(x.size(1));
-  const int dstate = static_cast<int>(A.size(1)), groups = static_cast<int>(B.size(1));
+py::dict state_update(const py::handle& obj) {
+  Fields f(obj);
+  const auto f32 = at::kFloat;
+  const Tensor state = f.get("state", f32);
+  const Tensor x = f.get("x");
+  const auto act = x.scalar_type();
+  const Tensor dt = f.get("dt", act), A = f.get("A", f32), B = f.get("B", act), C = f.get("C", act);
+  const Tensor D = f.get("D", f32), dt_bias = f.get("dt_bias", f32), halt_weight = f.get("halt_weight", f32);
+  const Tensor halt_bias = f.get("halt_bias", f32);
+  const std::optional<Tensor> z = f.optional("z", act);
+  TORCH_CHECK_VALUE(x.dim() == 2 && B.dim() == 3 && A.dim() == 2, "x, B, A: expected (batch, D), (batch, G, N), (D, N)");
+  PnaStateUpdateArgs a{dtype_code(x), to_int(x.size(0), "x"), to_int(x.size(1), "x"), to_int(A.size(1), "A"),
+                       to_int(B.size(1), "B"), f.value<bool>("dt_softplus"), ptr(state), x.data_ptr(),
+                       dt.data_ptr(), ptr(A), B.data_ptr(), C.data_ptr(), ptr(D), optional_ptr(z), ptr(dt_bias),
+                       ptr(halt_weight), ptr(halt_bias)};
   const c10::cuda::CUDAGuard guard(x.device());
-  const auto f32 = x.options().dtype(at::kFloat);
+  const auto opts = x.options().dtype(f32);
+  const int n_dblocks = pna_cuda_num_dblocks(a.dim, a.groups, a.dstate);
   Tensor y = at::empty_like(x);
-  Tensor entropy = at::empty({batch}, f32);
-  Tensor halt = at::empty({batch}, f32);
-  Tensor partials = at::empty({3, batch, pna_cuda_num_dblocks(dim, groups, dstate)}, f32);
-  raise_if_failed("state_update",
-                  pna_cuda_state_update(dtype_code(x), ptr(state), x.data_ptr(), dt.data_ptr(), ptr(A), B.data_ptr(),
-                                        C.data_ptr(), ptr(D), optional_ptr(z), ptr(dt_bias), ptr(halt_weight),
-                                        ptr(halt_bias), dt_softplus, batch, dim, dstate, groups, y.data_ptr(),
-                                        ptr(partials), ptr(entropy), ptr(halt), c10::cuda::getCurrentCUDAStream()));
-  return {y, entropy, halt};
+  Tensor entropy = at::empty({a.batch}, opts), halt = at::empty({a.batch}, opts);
+  Tensor channel_mean = at::empty({a.batch, a.dstate}, opts);
+  Tensor partials = at::empty({3, a.batch, n_dblocks}, opts);
+  Tensor channel_partials = at::empty({a.batch, n_dblocks, a.dstate}, opts);
+  const PnaStateUpdateResult r{y.data_ptr(),      ptr(entropy),  ptr(halt),
+                               ptr(channel_mean), ptr(partials), ptr(channel_partials)};
+  raise_if_failed("state_update", pna_cuda_state_update(&a, &r, c10::cuda::getCurrentCUDAStream()));
+  return py::dict(py::arg("y") = y, py::arg("entropy") = entropy, py::arg("halt_logits") = halt,
+                  py::arg("channel_mean") = channel_mean);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "Fused selective scan + state entropy + halt logits on CUDA";
-  m.def("scan_forward", &scan_forward, "Fused forward: (out, entropy, halt, last_state, checkpoints, entropy_sums)");
-  m.def("scan_backward", &scan_backward, "Fused backward: the gradients of every input (dz None without z)");
-  m.def("state_update", &state_update, "One decode step: (y, entropy, halt); updates state in place");
+  m.doc() = "Fused selective scan + state entropy + halt logits (+ channel mean) on CUDA";
+  m.attr("CHUNK_SIZE") = PNA_CUDA_CHUNK;
+  m.attr("MAX_STATE_DIM") = PNA_CUDA_MAX_STATE;
+  m.def("scan_forward", &scan_forward, py::arg("args"),
+        "Fused forward of a contract.ScanArgs: a dict of the contract.ScanResult fields");
+  m.def("scan_backward", &scan_backward, py::arg("args"), py::arg("saved"), py::arg("cot"),
+        "Fused backward (ScanArgs, ScanSaved, ScanCotangents): a dict of the contract.ScanGrads fields");
+  m.def("state_update", &state_update, py::arg("args"),
+        "One decode step of a contract.StateUpdateArgs, updating args.state in place: a dict of the "
+        "contract.StateUpdateResult fields");
 }

@@ -21,6 +21,7 @@
 #define cudaGetErrorString(err) "emulated CUDA error"
 #define blockIdx emu_block_index
 
+using std::isfinite;
 using std::max;
 using std::min;
 

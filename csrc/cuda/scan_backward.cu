@@ -4,8 +4,10 @@
 // the chunk's inputs in shared memory, recomputes the chunk's states from the forward's checkpoint into shared
 // memory (each lane its own entries), then runs the adjoint recurrence backwards over the chunk's steps:
 //   g_t = exp(dt_{t+1} A) g_{t+1} + C_t dy_t + grad_entropy_t * 2 h_t (S2_t / S1_t - log h_t^2) / S1_t
-//         + grad_halt_t * halt_weight          (g_{L-1} starts from grad_last_state),
-// with dy = grad_out * silu(z) (grad_out without a gate) and S1, S2 the forward's per-step sums. From g_t:
+//         + grad_halt_t * halt_weight + grad_channel_mean_t / D        (g_{L-1} starts from grad_last_state),
+// with dy = grad_out * silu(z) (grad_out without a gate) and S1, S2 the forward's per-step sums (the channel-mean
+// term only with the channel mean; each lane reads its entries of grad_channel_mean, shared by the block's channels,
+// straight from global memory). From g_t:
 //   dA += g_t h_{t-1} a_t dt_t,  d dt_t = sum_n g_t (A a_t h_{t-1} + B_t u_t),  du_t = sum_n g_t dt_t B_t + D dy_t,
 //   dB_t[n] = sum_d g_t dt_t u_t,  dC_t[n] = sum_d h_t dy_t,  dz_t = grad_out_t y_t silu'(z_t),  dD += dy_t u_t,
 //   d delta = d dt * sigmoid(delta + delta_bias) with softplus (d dt without),  dhalt_weight += grad_halt_t h_t.
@@ -25,32 +27,10 @@ static_assert(kChunk % flush_steps(1) == 0 && kChunk % flush_steps(8) == 0, "a f
 
 struct BackwardParams {
   Shape s;
-  const void* grad_out;
-  const float* grad_entropy;
-  const float* grad_halt;
-  const float* grad_last_state;
-  const void* u;
-  const void* delta;
-  const float* A;
-  const void* B;
-  const void* C;
-  const float* Dskip;
-  const void* z;
-  const float* delta_bias;
-  const float* halt_weight;
-  const float* checkpoints;
-  const float* entropy_sums;
-  bool softplus;
-  void* du;
-  void* ddelta;
-  void* dz;
-  float* dA_rows;
-  float* dB_blocks;
-  float* dC_blocks;
-  float* dD_rows;
-  float* ddelta_bias_rows;
-  float* dhalt_weight_rows;
-  float* dinitial_state;
+  PnaScanArgs a;
+  PnaScanSaved saved;
+  PnaScanCotangents cot;
+  PnaScanGradParts g;
 };
 
 constexpr int kChannelArrays = 8;  // u, dt, d dt / d delta, z, grad_out, du, d delta, dz
@@ -97,33 +77,36 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(BackwardParams 
     const int n = pos.j + k * tpc;
     valid[k] = pos.active && n < N;
     const size_t dn = static_cast<size_t>(pos.d) * N + n;
-    Av[k] = valid[k] ? p.A[dn] : 0.f;
+    Av[k] = valid[k] ? p.a.A[dn] : 0.f;
     a2[k] = Av[k] * kLog2e;
-    hw[k] = valid[k] ? p.halt_weight[dn] : 0.f;
-    g[k] = valid[k] ? p.grad_last_state[bd * N + n] : 0.f;
+    hw[k] = valid[k] ? p.a.halt_weight[dn] : 0.f;
+    g[k] = valid[k] ? p.cot.grad_last_state[bd * N + n] : 0.f;
     dA[k] = 0.f;
     dhw[k] = 0.f;
   }
-  const float d_skip = pos.active ? p.Dskip[pos.d] : 0.f;
+  const float d_skip = pos.active ? p.a.D[pos.d] : 0.f;
   float dD_acc = 0.f, ddb_acc = 0.f;
-  const bool has_z = p.z != nullptr;
+  const bool has_z = p.a.z != nullptr;
   const size_t rows = (static_cast<size_t>(pos.b) * D + pos.d0) * L;
-  const T* u = static_cast<const T*>(p.u) + rows;
-  const T* delta = static_cast<const T*>(p.delta) + rows;
-  const T* z = has_z ? static_cast<const T*>(p.z) + rows : nullptr;
-  const T* gout = static_cast<const T*>(p.grad_out) + rows;
-  T* du = static_cast<T*>(p.du) + rows;
-  T* ddelta = static_cast<T*>(p.ddelta) + rows;
-  T* dz = has_z ? static_cast<T*>(p.dz) + rows : nullptr;
+  const T* u = static_cast<const T*>(p.a.u) + rows;
+  const T* delta = static_cast<const T*>(p.a.delta) + rows;
+  const T* z = has_z ? static_cast<const T*>(p.a.z) + rows : nullptr;
+  const T* gout = static_cast<const T*>(p.cot.grad_out) + rows;
+  T* du = static_cast<T*>(p.g.u) + rows;
+  T* ddelta = static_cast<T*>(p.g.delta) + rows;
+  T* dz = has_z ? static_cast<T*>(p.g.z) + rows : nullptr;
   const size_t bc = (static_cast<size_t>(pos.b) * s.groups + pos.g) * N * L;
-  const T* B = static_cast<const T*>(p.B) + bc;
-  const T* C = static_cast<const T*>(p.C) + bc;
+  const T* B = static_cast<const T*>(p.a.B) + bc;
+  const T* C = static_cast<const T*>(p.a.C) + bc;
   const size_t blk_rows = (static_cast<size_t>(pos.b) * s.layout.n_dblocks + pos.blk) * N * L;
-  float* dB_out = p.dB_blocks + blk_rows;
-  float* dC_out = p.dC_blocks + blk_rows;
-  const float* s1_row = p.entropy_sums + static_cast<size_t>(pos.b) * 2 * L;
+  float* dB_out = p.g.B_blocks + blk_rows;
+  float* dC_out = p.g.C_blocks + blk_rows;
+  const float* s1_row = p.saved.entropy_sums + static_cast<size_t>(pos.b) * 2 * L;
   const float* s2_row = s1_row + L;
   const int n_chunks = (L + kChunk - 1) / kChunk;
+  const float* grad_mean =
+      p.a.with_channel_mean ? p.cot.grad_channel_mean + static_cast<size_t>(pos.b) * L * N : nullptr;
+  const float inv_dim = 1.f / static_cast<float>(D);
 
   for (int chunk = n_chunks - 1; chunk >= 0; --chunk) {
     const int t0 = chunk * kChunk;
@@ -133,9 +116,9 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(BackwardParams 
       if (t < tl) {
         const size_t at = static_cast<size_t>(c) * L + t0 + t;
         s_u[c * W + t] = to_float(u[at]);
-        const float x = to_float(delta[at]) + p.delta_bias[pos.d0 + c];
-        s_dt[c * W + t] = p.softplus ? softplus(x) : x;
-        s_dsp[c * W + t] = p.softplus ? sigmoid(x) : 1.f;
+        const float x = to_float(delta[at]) + p.a.delta_bias[pos.d0 + c];
+        s_dt[c * W + t] = p.a.delta_softplus ? softplus(x) : x;
+        s_dsp[c * W + t] = p.a.delta_softplus ? sigmoid(x) : 1.f;
         s_z[c * W + t] = has_z ? to_float(z[at]) : 0.f;
         s_gout[c * W + t] = to_float(gout[at]);
       }
@@ -150,15 +133,15 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(BackwardParams 
     for (int t = threadIdx.x; t < tl; t += kThreads) {
       const size_t at = static_cast<size_t>(pos.b) * L + t0 + t;
       const float s1 = s1_row[t0 + t], s2 = s2_row[t0 + t];
-      s_ge[t] = s1 > 0.f ? 2.f * p.grad_entropy[at] / s1 : 0.f;
+      s_ge[t] = s1 > 0.f ? 2.f * p.cot.grad_entropy[at] / s1 : 0.f;
       s_r[t] = s1 > 0.f ? s2 / s1 : 0.f;
-      s_gh[t] = p.grad_halt[at];
+      s_gh[t] = p.cot.grad_halt[at];
     }
     __syncthreads();
 
     // Recompute the chunk's states (each lane its own entries, so no barrier before reading them back).
     {
-      const float* ck = p.checkpoints + ((static_cast<size_t>(pos.b) * n_chunks + chunk) * D + pos.d) * N;
+      const float* ck = p.saved.checkpoints + ((static_cast<size_t>(pos.b) * n_chunks + chunk) * D + pos.d) * N;
       float h[NPT];
 #pragma unroll
       for (int k = 0; k < NPT; ++k) {
@@ -197,6 +180,7 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(BackwardParams 
           const float e = hc * hc;
           yp += Cn * hc;
           g[k] += Cn * dy + gh * hw[k] + (e > 0.f ? ge * hc * (r - logf(e)) : 0.f);
+          if (grad_mean != nullptr) g[k] += grad_mean[static_cast<size_t>(t0 + t) * N + n] * inv_dim;
           const float a = exp2f(dt * a2[k]);
           ddt_p += g[k] * (Av[k] * a * hp + Bn * uu);
           du_p += g[k] * dt * Bn;
@@ -267,60 +251,32 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(BackwardParams 
   for (int k = 0; k < NPT; ++k) {
     if (valid[k]) {
       const size_t at = bd * N + pos.j + k * tpc;
-      p.dA_rows[at] = dA[k];
-      p.dhalt_weight_rows[at] = dhw[k];
-      p.dinitial_state[at] = g[k];
+      p.g.A_rows[at] = dA[k];
+      p.g.halt_weight_rows[at] = dhw[k];
+      p.g.initial_state[at] = g[k];
     }
   }
   if (pos.j == 0 && pos.active) {
-    p.dD_rows[bd] = dD_acc;
-    p.ddelta_bias_rows[bd] = ddb_acc;
+    p.g.D_rows[bd] = dD_acc;
+    p.g.delta_bias_rows[bd] = ddb_acc;
   }
 }
 
 }  // namespace
 }  // namespace pna_cuda
 
-extern "C" const char* pna_cuda_scan_backward(
-    int dtype, const void* grad_out, const float* grad_entropy, const float* grad_halt, const float* grad_last_state,
-    const void* u, const void* delta, const float* A, const void* B, const void* C, const float* Dskip, const void* z,
-    const float* delta_bias, const float* halt_weight, const float* checkpoints, const float* entropy_sums,
-    int delta_softplus, int batch, int dim, int length, int dstate, int groups, void* du, void* ddelta, void* dz,
-    float* dA_rows, float* dB_blocks, float* dC_blocks, float* dD_rows, float* ddelta_bias_rows,
-    float* dhalt_weight_rows, float* dinitial_state, cudaStream_t stream) {
+extern "C" const char* pna_cuda_scan_backward(const PnaScanArgs* args, const PnaScanSaved* saved,
+                                              const PnaScanCotangents* cot, const PnaScanGradParts* grads,
+                                              cudaStream_t stream) {
   using namespace pna_cuda;
-  if (const char* why = check_problem(dtype, batch, dim, length, dstate, groups)) return why;
-  BackwardParams p;
-  p.s = Shape{batch, dim, length, dstate, groups, make_layout(dim, groups, dstate)};
-  p.grad_out = grad_out;
-  p.grad_entropy = grad_entropy;
-  p.grad_halt = grad_halt;
-  p.grad_last_state = grad_last_state;
-  p.u = u;
-  p.delta = delta;
-  p.A = A;
-  p.B = B;
-  p.C = C;
-  p.Dskip = Dskip;
-  p.z = z;
-  p.delta_bias = delta_bias;
-  p.halt_weight = halt_weight;
-  p.checkpoints = checkpoints;
-  p.entropy_sums = entropy_sums;
-  p.softplus = delta_softplus != 0;
-  p.du = du;
-  p.ddelta = ddelta;
-  p.dz = dz;
-  p.dA_rows = dA_rows;
-  p.dB_blocks = dB_blocks;
-  p.dC_blocks = dC_blocks;
-  p.dD_rows = dD_rows;
-  p.ddelta_bias_rows = ddelta_bias_rows;
-  p.dhalt_weight_rows = dhalt_weight_rows;
-  p.dinitial_state = dinitial_state;
-  const size_t shared = backward_shared_bytes(p.s.layout, dstate);
-  const dim3 grid(p.s.layout.n_dblocks, batch);
-  const cudaError_t err = dispatch(dtype, p.s.layout.npt, [&](auto tag, auto npt) {
+  const PnaScanArgs& a = *args;
+  if (const char* why = check_problem(a.dtype, a.batch, a.dim, a.length, a.dstate, a.groups)) return why;
+  const BackwardParams p{
+      Shape{a.batch, a.dim, a.length, a.dstate, a.groups, make_layout(a.dim, a.groups, a.dstate)}, a, *saved, *cot,
+      *grads};
+  const size_t shared = backward_shared_bytes(p.s.layout, a.dstate);
+  const dim3 grid(p.s.layout.n_dblocks, a.batch);
+  const cudaError_t err = dispatch(a.dtype, p.s.layout.npt, [&](auto tag, auto npt) {
     auto kernel = scan_backward_kernel<decltype(tag), decltype(npt)::value>;
     cudaError_t e = allow_shared_memory(kernel, shared);
     if (e != cudaSuccess) return e;

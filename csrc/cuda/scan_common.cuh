@@ -21,10 +21,12 @@ namespace pna_cuda {
 
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
-constexpr int kMaxState = 256;
+// The largest N (from pna_kernels/cuda.py, see scan_kernels.h); the layout holds up to 32 lanes x 8 entries.
+constexpr int kMaxState = PNA_CUDA_MAX_STATE;
+static_assert(kMaxState >= 1 && kMaxState <= 256, "a channel's state must fit 32 lanes x 8 entries");
 // Steps per chunk: the forward saves the state before every kChunk steps, the backward recomputes a chunk's states
-// from that checkpoint into shared memory. pna_kernels/cuda.py's CHUNK_SIZE must equal it.
-constexpr int kChunk = 16;
+// from that checkpoint into shared memory (pna_kernels/cuda.py's CHUNK_SIZE, passed as PNA_CUDA_CHUNK).
+constexpr int kChunk = PNA_CUDA_CHUNK;
 constexpr float kLog2e = 1.4426950408889634f;
 
 // How the channels of one batch row are split into blocks.
@@ -153,7 +155,7 @@ inline const char* check_problem(int dtype, int batch, int dim, int length, int 
   if (dtype != PNA_FLOAT32 && dtype != PNA_FLOAT16 && dtype != PNA_BFLOAT16) return "unknown dtype code";
   if (batch < 1 || batch > 65535) return "batch must be in [1, 65535] (it is the grid's y dimension)";
   if (dim < 1 || length < 1) return "D and L must be positive";
-  if (dstate < 1 || dstate > kMaxState) return "N must be in [1, 256]";
+  if (dstate < 1 || dstate > kMaxState) return "N must be in [1, PNA_CUDA_MAX_STATE]";
   if (groups < 1 || dim % groups != 0) return "the group count G must divide D";
   return nullptr;
 }
@@ -162,6 +164,11 @@ inline const char* check_problem(int dtype, int batch, int dim, int length, int 
 // block order, then write entropy and halt (batch, L) and, when sums is not nullptr, S1 and S2 (batch, 2, L).
 cudaError_t launch_combine_sums(const float* partials, const float* halt_bias, int batch, int n_dblocks, int length,
                                 float* entropy, float* halt, float* sums, cudaStream_t stream);
+
+// Sum the per-block sums over channels (batch, n_dblocks, L, N) over the blocks in block order and divide by D:
+// the channel mean (batch, L, N).
+cudaError_t launch_combine_channel_mean(const float* channel_partials, int batch, int n_dblocks, int length,
+                                        int dstate, int dim, float* channel_mean, cudaStream_t stream);
 
 // nullptr on success, else the CUDA error's description (a static string).
 inline const char* error_string(cudaError_t err) { return err == cudaSuccess ? nullptr : cudaGetErrorString(err); }

@@ -6,8 +6,10 @@
 // lane stores its share of S1 = sum h^2, S2 = sum h^2 log h^2 and sum halt_weight * h for every step in shared
 // memory; every kSumSteps steps the block adds them up (one warp per step and sum, in a fixed order) and writes
 // them to partials (3, batch, n_dblocks, L); combine_sums.cu adds the blocks. That costs a few shuffles per step
-// instead of three full warp reductions. The state before every kChunk steps goes to the checkpoints; no
-// per-step state is stored.
+// instead of three full warp reductions. With the channel mean, each warp also sums every state entry over its
+// channels (shuffles), stages that (N values a step) in shared memory, and the flush adds the warps in order into
+// channel_partials (batch, n_dblocks, L, N), which combine_sums.cu adds over blocks and divides by D. The state
+// before every kChunk steps goes to the checkpoints; no per-step state is stored.
 //
 // Why a lane per state entry rather than mamba's threads-along-L block scan: for batch 8, L 2048, D 1536, N 16
 // this gives 8 * 192 = 1536 blocks of 128 threads (about 12 per H100 SM), every lane's recurrence is a plain
@@ -26,26 +28,14 @@ static_assert(forward_tile(1) % kSumSteps == 0 && forward_tile(8) % kSumSteps ==
 
 struct ForwardParams {
   Shape s;
-  const void* u;
-  const void* delta;
-  const float* A;
-  const void* B;
-  const void* C;
-  const float* Dskip;
-  const void* z;
-  const float* delta_bias;
-  const float* halt_weight;
-  const float* initial_state;
-  bool softplus;
-  void* out;
-  float* last_state;
-  float* checkpoints;
-  float* partials;
+  PnaScanArgs a;
+  PnaScanResult r;
 };
 
-size_t forward_shared_bytes(const Layout& l, int dstate) {
+size_t forward_shared_bytes(const Layout& l, int dstate, bool with_mean) {
   const int tile = forward_tile(l.npt);
-  return sizeof(float) * ((4 * l.cpb + 2 * dstate) * (tile + 1) + 3 * kSumSteps * kThreads);
+  const size_t mean = with_mean ? static_cast<size_t>(kSumSteps) * kWarps * dstate : 0;
+  return sizeof(float) * ((4 * l.cpb + 2 * dstate) * (tile + 1) + 3 * kSumSteps * kThreads + mean);
 }
 
 template <typename T, int NPT>
@@ -63,6 +53,8 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ForwardParams p)
   float* s_B = s_y + cpb * W;
   float* s_C = s_B + N * W;
   float* s_sums = s_C + N * W;  // [3][kSumSteps][kThreads]: each lane's S1, S2, halt shares per step
+  float* s_mean = s_sums + 3 * kSumSteps * kThreads;  // [kSumSteps][kWarps][N]: each warp's sums over channels
+  const bool with_mean = p.a.with_channel_mean != 0;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
   float a2[NPT], hw[NPT], h[NPT];
@@ -72,23 +64,25 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ForwardParams p)
     const int n = pos.j + k * tpc;
     valid[k] = pos.active && n < N;
     const size_t dn = static_cast<size_t>(pos.d) * N + n;
-    a2[k] = valid[k] ? p.A[dn] * kLog2e : 0.f;
-    hw[k] = valid[k] ? p.halt_weight[dn] : 0.f;
-    h[k] = valid[k] ? p.initial_state[static_cast<size_t>(pos.b) * D * N + dn] : 0.f;
+    a2[k] = valid[k] ? p.a.A[dn] * kLog2e : 0.f;
+    hw[k] = valid[k] ? p.a.halt_weight[dn] : 0.f;
+    h[k] = valid[k] ? p.a.initial_state[static_cast<size_t>(pos.b) * D * N + dn] : 0.f;
   }
-  const float d_skip = pos.active ? p.Dskip[pos.d] : 0.f;
-  const bool has_z = p.z != nullptr;
+  const float d_skip = pos.active ? p.a.D[pos.d] : 0.f;
+  const bool has_z = p.a.z != nullptr;
   const size_t rows = (static_cast<size_t>(pos.b) * D + pos.d0) * L;  // the block's first channel row
-  const T* u = static_cast<const T*>(p.u) + rows;
-  const T* delta = static_cast<const T*>(p.delta) + rows;
-  const T* z = has_z ? static_cast<const T*>(p.z) + rows : nullptr;
-  T* out = static_cast<T*>(p.out) + rows;
+  const T* u = static_cast<const T*>(p.a.u) + rows;
+  const T* delta = static_cast<const T*>(p.a.delta) + rows;
+  const T* z = has_z ? static_cast<const T*>(p.a.z) + rows : nullptr;
+  T* out = static_cast<T*>(p.r.out) + rows;
   const size_t bc = (static_cast<size_t>(pos.b) * s.groups + pos.g) * N * L;
-  const T* B = static_cast<const T*>(p.B) + bc;
-  const T* C = static_cast<const T*>(p.C) + bc;
+  const T* B = static_cast<const T*>(p.a.B) + bc;
+  const T* C = static_cast<const T*>(p.a.C) + bc;
   const int n_chunks = (L + kChunk - 1) / kChunk;
   const size_t plane = static_cast<size_t>(s.batch) * s.layout.n_dblocks * L;
-  float* partials = p.partials + (static_cast<size_t>(pos.b) * s.layout.n_dblocks + pos.blk) * L;
+  float* partials = p.r.partials + (static_cast<size_t>(pos.b) * s.layout.n_dblocks + pos.blk) * L;
+  float* channel_partials =
+      with_mean ? p.r.channel_partials + (static_cast<size_t>(pos.b) * s.layout.n_dblocks + pos.blk) * L * N : nullptr;
 
   for (int t0 = 0; t0 < L; t0 += TILE) {
     const int tl = min(TILE, L - t0);
@@ -97,8 +91,8 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ForwardParams p)
       if (t < tl) {
         const size_t at = static_cast<size_t>(c) * L + t0 + t;
         s_u[c * W + t] = to_float(u[at]);
-        const float x = to_float(delta[at]) + p.delta_bias[pos.d0 + c];
-        s_dt[c * W + t] = p.softplus ? softplus(x) : x;
+        const float x = to_float(delta[at]) + p.a.delta_bias[pos.d0 + c];
+        s_dt[c * W + t] = p.a.delta_softplus ? softplus(x) : x;
         s_z[c * W + t] = has_z ? to_float(z[at]) : 0.f;
       }
     }
@@ -114,7 +108,7 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ForwardParams p)
     for (int t = 0; t < tl; ++t) {
       const int tg = t0 + t;
       if (tg % kChunk == 0) {
-        float* ck = p.checkpoints + ((static_cast<size_t>(pos.b) * n_chunks + tg / kChunk) * D + pos.d) * N;
+        float* ck = p.r.checkpoints + ((static_cast<size_t>(pos.b) * n_chunks + tg / kChunk) * D + pos.d) * N;
 #pragma unroll
         for (int k = 0; k < NPT; ++k)
           if (valid[k]) ck[pos.j + k * tpc] = h[k];
@@ -135,6 +129,14 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ForwardParams p)
       }
       yp = channel_sum(yp, tpc);
       const int slot = t % kSumSteps;
+      if (with_mean) {  // block-uniform, so every lane of the warp takes part in the shuffles
+#pragma unroll
+        for (int k = 0; k < NPT; ++k) {
+          const float v = across_channels_sum(h[k], tpc);  // entries that do not exist hold 0
+          const int n = pos.j + k * tpc;
+          if (lane < tpc && n < N) s_mean[(slot * kWarps + warp) * N + n] = v;
+        }
+      }
       s_sums[(0 * kSumSteps + slot) * kThreads + threadIdx.x] = s1;
       s_sums[(1 * kSumSteps + slot) * kThreads + threadIdx.x] = s2;
       s_sums[(2 * kSumSteps + slot) * kThreads + threadIdx.x] = hs;
@@ -157,6 +159,14 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ForwardParams p)
           v = warp_sum(v);
           if (lane == 0) partials[q * plane + first + step] = v;
         }
+        if (with_mean) {
+          for (int i = threadIdx.x; i < steps * N; i += kThreads) {
+            const int step = i / N, n = i % N;
+            float v = 0.f;
+            for (int w = 0; w < kWarps; ++w) v += s_mean[(step * kWarps + w) * N + n];
+            channel_partials[static_cast<size_t>(first + step) * N + n] = v;
+          }
+        }
         __syncthreads();
       }
     }
@@ -170,7 +180,7 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ForwardParams p)
 
 #pragma unroll
   for (int k = 0; k < NPT; ++k)
-    if (valid[k]) p.last_state[(static_cast<size_t>(pos.b) * D + pos.d) * N + pos.j + k * tpc] = h[k];
+    if (valid[k]) p.r.last_state[(static_cast<size_t>(pos.b) * D + pos.d) * N + pos.j + k * tpc] = h[k];
 }
 
 }  // namespace
@@ -180,37 +190,25 @@ extern "C" int pna_cuda_num_dblocks(int dim, int groups, int dstate) {
   return pna_cuda::make_layout(dim, groups, dstate).n_dblocks;
 }
 
-extern "C" int pna_cuda_chunk_size(void) { return pna_cuda::kChunk; }
+extern "C" int pna_cuda_struct_sizes(int* sizes, int count) {
+  const int all[] = {sizeof(PnaScanArgs),      sizeof(PnaScanResult),      sizeof(PnaScanSaved),
+                     sizeof(PnaScanCotangents), sizeof(PnaScanGradParts),   sizeof(PnaStateUpdateArgs),
+                     sizeof(PnaStateUpdateResult)};
+  const int n = static_cast<int>(sizeof(all) / sizeof(all[0]));
+  for (int i = 0; i < count && i < n; ++i) sizes[i] = all[i];
+  return n;
+}
 
-extern "C" const char* pna_cuda_scan_forward(int dtype, const void* u, const void* delta, const float* A,
-                                             const void* B, const void* C, const float* Dskip, const void* z,
-                                             const float* delta_bias, const float* halt_weight,
-                                             const float* halt_bias, const float* initial_state, int delta_softplus,
-                                             int batch, int dim, int length, int dstate, int groups, void* out,
-                                             float* last_state, float* checkpoints, float* partials, float* entropy,
-                                             float* halt, float* entropy_sums, cudaStream_t stream) {
+extern "C" const char* pna_cuda_scan_forward(const PnaScanArgs* args, const PnaScanResult* result,
+                                             cudaStream_t stream) {
   using namespace pna_cuda;
-  if (const char* why = check_problem(dtype, batch, dim, length, dstate, groups)) return why;
-  ForwardParams p;
-  p.s = Shape{batch, dim, length, dstate, groups, make_layout(dim, groups, dstate)};
-  p.u = u;
-  p.delta = delta;
-  p.A = A;
-  p.B = B;
-  p.C = C;
-  p.Dskip = Dskip;
-  p.z = z;
-  p.delta_bias = delta_bias;
-  p.halt_weight = halt_weight;
-  p.initial_state = initial_state;
-  p.softplus = delta_softplus != 0;
-  p.out = out;
-  p.last_state = last_state;
-  p.checkpoints = checkpoints;
-  p.partials = partials;
-  const size_t shared = forward_shared_bytes(p.s.layout, dstate);
-  const dim3 grid(p.s.layout.n_dblocks, batch);
-  cudaError_t err = dispatch(dtype, p.s.layout.npt, [&](auto tag, auto npt) {
+  const PnaScanArgs& a = *args;
+  if (const char* why = check_problem(a.dtype, a.batch, a.dim, a.length, a.dstate, a.groups)) return why;
+  const ForwardParams p{Shape{a.batch, a.dim, a.length, a.dstate, a.groups, make_layout(a.dim, a.groups, a.dstate)},
+                        a, *result};
+  const size_t shared = forward_shared_bytes(p.s.layout, a.dstate, a.with_channel_mean != 0);
+  const dim3 grid(p.s.layout.n_dblocks, a.batch);
+  cudaError_t err = dispatch(a.dtype, p.s.layout.npt, [&](auto tag, auto npt) {
     auto kernel = scan_forward_kernel<decltype(tag), decltype(npt)::value>;
     cudaError_t e = allow_shared_memory(kernel, shared);
     if (e != cudaSuccess) return e;
@@ -218,7 +216,10 @@ extern "C" const char* pna_cuda_scan_forward(int dtype, const void* u, const voi
     return cudaGetLastError();
   });
   if (err == cudaSuccess)
-    err = launch_combine_sums(partials, halt_bias, batch, p.s.layout.n_dblocks, length, entropy, halt, entropy_sums,
-                              stream);
+    err = launch_combine_sums(result->partials, a.halt_bias, a.batch, p.s.layout.n_dblocks, a.length,
+                              result->entropy, result->halt_logits, result->entropy_sums, stream);
+  if (err == cudaSuccess && a.with_channel_mean)
+    err = launch_combine_channel_mean(result->channel_partials, a.batch, p.s.layout.n_dblocks, a.length, a.dstate,
+                                      a.dim, result->channel_mean, stream);
   return error_string(err);
 }

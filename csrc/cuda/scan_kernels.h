@@ -1,54 +1,135 @@
 // extern "C" launchers of the fused CUDA kernels, on raw device pointers and a stream (no torch types).
 //
-// Every launcher returns nullptr on success or the CUDA error's description. `dtype` is a PnaDtype, the input
-// dtype; activations (u, delta, z, B, C, grad_out and the activation gradients) are in
-// that dtype, everything else is float32. All arrays are contiguous. Shapes: u, delta, z: (batch, D, L);
-// A, halt_weight: (D, N); B, C: (batch, G, N, L); Dskip, delta_bias: (D,); halt_bias: one float;
-// states: (batch, D, N). A nullptr z means no gate.
+// The argument structs mirror the dataclasses of pna_kernels/contract.py (ScanArgs, ScanResult, ScanSaved,
+// ScanCotangents, ScanGrads, StateUpdateArgs, StateUpdateResult) as pointers, plus the scratch buffers and
+// per-block / per-row partial sums that the caller allocates. Every launcher returns nullptr on success or a
+// description of what failed (a static string). `dtype` is a PnaDtype, the input dtype: activations (u, delta, z,
+// B, C, grad_out and the activation gradients; x, dt, z, B, C, y in the decode step) are in that dtype, everything
+// else is float32. All arrays are contiguous. Shapes: u, delta, z: (batch, D, L); A, halt_weight: (D, N); B, C:
+// (batch, G, N, L); D, delta_bias: (D,); halt_bias: one float; states: (batch, D, N). A nullptr z means no gate.
+//
+// The compile-time limits come from pna_kernels/cuda.py (one home): it passes -DPNA_CUDA_CHUNK (steps per
+// checkpoint chunk) and -DPNA_CUDA_MAX_STATE (the largest N) to every compile.
 #pragma once
 
 #include <cuda_runtime.h>
+
+#if !defined(PNA_CUDA_CHUNK) || !defined(PNA_CUDA_MAX_STATE)
+#error "compile with -DPNA_CUDA_CHUNK=<steps per chunk> -DPNA_CUDA_MAX_STATE=<max N> (see pna_kernels/cuda.py)"
+#endif
 
 extern "C" {
 
 enum PnaDtype { PNA_FLOAT32 = 0, PNA_FLOAT16 = 1, PNA_BFLOAT16 = 2 };
 
-// Blocks per batch row (the partial-sum buffers below have this many rows per batch element).
+// contract.ScanArgs (chunk_size is PNA_CUDA_CHUNK).
+typedef struct PnaScanArgs {
+  int dtype;
+  int batch, dim, length, dstate, groups;
+  int delta_softplus, with_channel_mean;
+  const void* u;
+  const void* delta;
+  const float* A;
+  const void* B;
+  const void* C;
+  const float* D;
+  const void* z;
+  const float* delta_bias;
+  const float* halt_weight;
+  const float* halt_bias;
+  const float* initial_state;
+} PnaScanArgs;
+
+// contract.ScanResult, written by the forward: out (batch, D, L) in the input dtype; entropy, halt_logits
+// (batch, L); last_state (batch, D, N); channel_mean (batch, L, N) (only with with_channel_mean); checkpoints
+// (batch, ceil(L / chunk), D, N): the state before every chunk; entropy_sums (batch, 2, L): S1 and S2. Scratch:
+// partials, 3 * batch * num_dblocks * L floats; channel_partials, batch * num_dblocks * L * N floats (only with
+// with_channel_mean).
+typedef struct PnaScanResult {
+  void* out;
+  float* entropy;
+  float* halt_logits;
+  float* last_state;
+  float* channel_mean;
+  float* checkpoints;
+  float* entropy_sums;
+  float* partials;
+  float* channel_partials;
+} PnaScanResult;
+
+// contract.ScanSaved.
+typedef struct PnaScanSaved {
+  const float* checkpoints;
+  const float* entropy_sums;
+} PnaScanSaved;
+
+// contract.ScanCotangents: grad_out in the input dtype; grad_entropy, grad_halt (batch, L), grad_last_state
+// (batch, D, N), grad_channel_mean (batch, L, N) (only with with_channel_mean) in float32.
+typedef struct PnaScanCotangents {
+  const void* grad_out;
+  const float* grad_entropy;
+  const float* grad_halt;
+  const float* grad_last_state;
+  const float* grad_channel_mean;
+} PnaScanCotangents;
+
+// What the backward writes for contract.ScanGrads: u, delta, z (if z) in the input dtype and initial_state
+// (batch, D, N) directly; the rest as partial sums the caller adds up in a fixed order: A_rows, halt_weight_rows
+// (batch, D, N); D_rows, delta_bias_rows (batch, D); B_blocks, C_blocks (batch, num_dblocks, N, L) (sum the blocks
+// of each group). dhalt_bias is the sum of grad_halt.
+typedef struct PnaScanGradParts {
+  void* u;
+  void* delta;
+  void* z;
+  float* A_rows;
+  float* B_blocks;
+  float* C_blocks;
+  float* D_rows;
+  float* delta_bias_rows;
+  float* halt_weight_rows;
+  float* initial_state;
+} PnaScanGradParts;
+
+// contract.StateUpdateArgs: state (batch, D, N) float32, updated in place; x, dt, z (batch, D) and B, C
+// (batch, G, N) in the input dtype.
+typedef struct PnaStateUpdateArgs {
+  int dtype;
+  int batch, dim, dstate, groups;
+  int dt_softplus;
+  float* state;
+  const void* x;
+  const void* dt;
+  const float* A;
+  const void* B;
+  const void* C;
+  const float* D;
+  const void* z;
+  const float* dt_bias;
+  const float* halt_weight;
+  const float* halt_bias;
+} PnaStateUpdateArgs;
+
+// contract.StateUpdateResult: y (batch, D) in the input dtype; entropy, halt_logits (batch,); channel_mean
+// (batch, N). Scratch: partials, 3 * batch * num_dblocks floats; channel_partials, batch * num_dblocks * N floats.
+typedef struct PnaStateUpdateResult {
+  void* y;
+  float* entropy;
+  float* halt_logits;
+  float* channel_mean;
+  float* partials;
+  float* channel_partials;
+} PnaStateUpdateResult;
+
+// Blocks per batch row (the partial-sum buffers above have this many rows per batch element).
 int pna_cuda_num_dblocks(int dim, int groups, int dstate);
 
-// Steps per checkpoint chunk the kernels are compiled for.
-int pna_cuda_chunk_size(void);
+// sizeof of the structs above, in the order they are declared, so a foreign-function caller can check its mirror.
+int pna_cuda_struct_sizes(int* sizes, int count);
 
-// Forward. Writes out (batch, D, L) in the input dtype; last_state (batch, D, N), checkpoints
-// (batch, ceil(L / chunk), D, N): the state before every chunk; entropy, halt (batch, L) and entropy_sums
-// (batch, 2, L) holding S1 and S2. `partials` is scratch of 3 * batch * num_dblocks * L floats.
-const char* pna_cuda_scan_forward(int dtype, const void* u, const void* delta, const float* A, const void* B,
-                                  const void* C, const float* Dskip, const void* z, const float* delta_bias,
-                                  const float* halt_weight, const float* halt_bias, const float* initial_state,
-                                  int delta_softplus, int batch, int dim, int length, int dstate, int groups,
-                                  void* out, float* last_state, float* checkpoints, float* partials, float* entropy,
-                                  float* halt, float* entropy_sums, cudaStream_t stream);
-
-// Backward. grad_out in the input dtype; grad_entropy, grad_halt (batch, L) and grad_last_state (batch, D, N)
-// float32. Writes du, ddelta, dz (if z) in the input dtype and per-batch-row / per-block partial sums that the
-// caller adds up in a fixed order: dA_rows, dhalt_weight_rows (batch, D, N); dD_rows, ddelta_bias_rows (batch, D);
-// dB_blocks, dC_blocks (batch, num_dblocks, N, L) (sum the blocks of each group); and dinitial_state (batch, D, N).
-const char* pna_cuda_scan_backward(int dtype, const void* grad_out, const float* grad_entropy, const float* grad_halt,
-                                   const float* grad_last_state, const void* u, const void* delta, const float* A,
-                                   const void* B, const void* C, const float* Dskip, const void* z,
-                                   const float* delta_bias, const float* halt_weight, const float* checkpoints,
-                                   const float* entropy_sums, int delta_softplus, int batch, int dim, int length,
-                                   int dstate, int groups, void* du, void* ddelta, void* dz, float* dA_rows,
-                                   float* dB_blocks, float* dC_blocks, float* dD_rows, float* ddelta_bias_rows,
-                                   float* dhalt_weight_rows, float* dinitial_state, cudaStream_t stream);
-
-// One decode step: x, dt, z (batch, D) and B, C (batch, G, N) in the input dtype; state (batch, D, N) float32 is
-// updated in place. Writes y (batch, D) in the input dtype, entropy and halt (batch,). `partials` is scratch of
-// 3 * batch * num_dblocks floats.
-const char* pna_cuda_state_update(int dtype, float* state, const void* x, const void* dt, const float* A,
-                                  const void* B, const void* C, const float* Dskip, const void* z,
-                                  const float* dt_bias, const float* halt_weight, const float* halt_bias,
-                                  int dt_softplus, int batch, int dim, int dstate, int groups, void* y,
-                                  float* partials, float* entropy, float* halt, cudaStream_t stream);
+const char* pna_cuda_scan_forward(const PnaScanArgs* args, const PnaScanResult* result, cudaStream_t stream);
+const char* pna_cuda_scan_backward(const PnaScanArgs* args, const PnaScanSaved* saved, const PnaScanCotangents* cot,
+                                   const PnaScanGradParts* grads, cudaStream_t stream);
+const char* pna_cuda_state_update(const PnaStateUpdateArgs* args, const PnaStateUpdateResult* result,
+                                  cudaStream_t stream);
 
 }  // extern "C"

@@ -1,4 +1,5 @@
-"""The fused Triton backend: selective scan + per-token state entropy + halt logits (see pna_kernels.backends).
+"""The fused Triton backend: selective scan + per-token state entropy + halt logits (+ the optional channel mean),
+with the module functions of the backend contract (pna_kernels/contract.py).
 
 Runs on CUDA devices, and on the CPU under TRITON_INTERPRET=1 (slow; for tests). State and math are float32
 whatever the input dtype.
@@ -9,6 +10,7 @@ import os
 
 import torch
 
+from ..validation import MAX_STATE_DIM
 from .scan_backward import scan_backward
 from .scan_forward import scan_forward
 from .state_update import state_update
@@ -17,7 +19,6 @@ from .state_update import state_update
 # A power of two (it is a tile length); 16 keeps a (BLOCK_D, N, 16) tile in registers for N up to 256 while the
 # checkpoints (batch, L / 16, D, N) stay N / 16 times the size of u.
 CHUNK_SIZE = 16
-MAX_STATE_DIM = 256
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 __all__ = ["CHUNK_SIZE", "scan_backward", "scan_forward", "state_update", "supports"]

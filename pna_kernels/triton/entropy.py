@@ -30,9 +30,13 @@ def _combine_partials_kernel(
         halt += tl.load(base + 2 * length + t, mask=mask, other=0.0)
     tl.store(sums_ptr + b * 2 * length + t, s1, mask=mask)
     tl.store(sums_ptr + (b * 2 + 1) * length + t, s2, mask=mask)
-    positive = s1 > 0.0
-    s1_safe = tl.where(positive, s1, 1.0)
-    tl.store(entropy_ptr + b * length + t, tl.where(positive, tl.log(s1_safe) - s2 / s1_safe, 0.0), mask=mask)
+    # 0 for an all-zero state; NaN when the state is non-finite or its energy overflows (NaN or infinite sums;
+    # x - x is 0 only for finite x), never a finite number.
+    zero = s1 == 0.0
+    s1_safe = tl.where(zero, 1.0, s1)
+    entropy = tl.log(s1_safe) - s2 / s1_safe
+    entropy = tl.where((entropy - entropy) == 0.0, entropy, float("nan"))
+    tl.store(entropy_ptr + b * length + t, tl.where(zero, 0.0, entropy), mask=mask)
     tl.store(halt_ptr + b * length + t, halt + tl.load(halt_bias_ptr), mask=mask)
 
 
@@ -41,7 +45,8 @@ def combine_partials(partials: Tensor, halt_bias: Tensor) -> tuple[Tensor, Tenso
 
     partials: (batch, n_blocks, 3, L) float32 holding each program's sum h^2, sum h^2 log h^2 and
     sum halt_weight * h per token; halt_bias: () float32.
-    Returns entropy_sums (batch, 2, L), entropy H = log S1 - S2 / S1 (0 where S1 == 0) (batch, L) and
+    Returns entropy_sums (batch, 2, L), entropy H = log S1 - S2 / S1 (0 where S1 == 0, NaN where it is not finite)
+    (batch, L) and
     halt_logits (batch, L), all float32.
     """
     batch, n_blocks, _, length = partials.shape
@@ -54,3 +59,9 @@ def combine_partials(partials: Tensor, halt_bias: Tensor) -> tuple[Tensor, Tenso
             partials, halt_bias, sums, entropy, halt, n_blocks, length, BLOCK_L=block_l,
         )
     return sums, entropy, halt
+
+
+def combine_channel_sums(partials: Tensor, dim: int) -> Tensor:
+    """The channel mean from per-program sums over channels: partials (batch, n_blocks, ...) summed over the
+    blocks in a fixed order (torch.sum over a dimension uses no atomics) and divided by D."""
+    return partials.sum(1) / dim

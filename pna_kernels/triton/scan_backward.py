@@ -2,7 +2,7 @@
 
 With a_t = exp(dt_t A), b_t = dt_t B_t u_t and h_t = a_t h_{t-1} + b_t, the adjoint g_t = dLoss/dh_t obeys
     g_t = a_{t+1} g_{t+1} + local_t,   g_{L-1} = local_{L-1} + grad_last_state,
-    local_t = C_t dy_t + grad_entropy_t dH/dh_t + grad_halt_t halt_weight,
+    local_t = C_t dy_t + grad_entropy_t dH/dh_t + grad_halt_t halt_weight + grad_channel_mean_t / D,
     dH/dh_t = 2 h_t (S2_t / S1_t - log h_t^2) / S1_t   (0 where h_t = 0 or S1_t = 0),
 where dy_t = grad_out_t silu(z_t) (grad_out_t without z); and, using a_t h_{t-1} = h_t - b_t (no division),
     d dt_t = sum_n g_t ((h_t - b_t) A + B_t u_t),   dA = sum_{b,t} g_t (h_t - b_t) dt_t,
@@ -25,17 +25,18 @@ from .common import (
     check_chunk_size, contiguous, launch_device, linear_recurrence, load_scan_parameters, program_tile,
     scan_blocks, softplus,
 )
+from ..contract import ScanArgs, ScanCotangents, ScanGrads, ScanSaved, tensor_fields
 from .scan_forward import chunk_states
 
 
 @triton.jit
 def _scan_bwd_kernel(
-    grad_out_ptr, grad_entropy_ptr, grad_halt_ptr, grad_last_ptr,
+    grad_out_ptr, grad_entropy_ptr, grad_halt_ptr, grad_last_ptr, grad_mean_ptr,
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, halt_weight_ptr, ckpt_ptr, sums_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dinit_ptr,
     dA_part_ptr, dD_part_ptr, dbias_part_ptr, dhw_part_ptr, dB_part_ptr, dC_part_ptr,
     dim, length, dstate, n_groups, dim_per_group, n_chunks,
-    HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr, WITH_MEAN: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
 ):
     b, g, n_blocks, block, d, mask_d, n, mask_n, mask_dn, dn = program_tile(dim_per_group, dstate, BLOCK_D, BLOCK_N)
@@ -43,6 +44,7 @@ def _scan_bwd_kernel(
     A, halt_weight, d_skip, delta_bias = load_scan_parameters(
         A_ptr, halt_weight_ptr, D_ptr, delta_bias_ptr, d, mask_d, dn, mask_dn
     )
+    inv_dim = 1.0 / dim
     carry = tl.load(grad_last_ptr + b * dim * dstate + dn, mask=mask_dn, other=0.0)
     acc_dA = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     acc_dhw = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
@@ -85,6 +87,10 @@ def _scan_bwd_kernel(
         d_entropy = tl.where(positive, 2.0 * hs * ((s2 * inv_s1)[None, None, :] - log_e) * inv_s1[None, None, :], 0.0)
         local = (c_t[None, :, :] * dy[:, None, :] + grad_entropy[None, None, :] * d_entropy
                  + grad_halt[None, None, :] * halt_weight[:, :, None])
+        if WITH_MEAN:  # s_t = mean_d h_t: every real channel gets grad_channel_mean_t / D
+            grad_mean = tl.load(grad_mean_ptr + (b * length + t[None, :]) * dstate + n[:, None], mask=mask_nt,
+                                other=0.0)
+            local += tl.where(mask_d[:, None, None], grad_mean[None, :, :] * inv_dim, 0.0)
 
         # a_{t+1} inside the chunk; 1 at the chunk's last step (the carry holds what comes later) and past L.
         mask_next = mask_d[:, None] & ((steps + 1 < CHUNK) & (t + 1 < length))[None, :]
@@ -125,32 +131,31 @@ def _scan_bwd_kernel(
     tl.store(dbias_part_ptr + b * dim + d, acc_dbias, mask=mask_d)
 
 
-def scan_backward(
-    grad_out: Tensor, grad_entropy: Tensor, grad_halt: Tensor, grad_last_state: Tensor,
-    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor | None, delta_bias: Tensor,
-    halt_weight: Tensor, halt_bias: Tensor, initial_state: Tensor, checkpoints: Tensor, entropy_sums: Tensor,
-    delta_softplus: bool, chunk_size: int,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor, Tensor, Tensor, Tensor]:
-    """Fused backward on canonical inputs (see pna_kernels.backends; made contiguous here).
+def scan_backward(args: ScanArgs, saved: ScanSaved, cot: ScanCotangents) -> ScanGrads:
+    """Fused backward on canonical inputs (pna_kernels/contract.py; made contiguous here).
 
-    grad_out: (batch, D, L) in u's dtype; grad_entropy, grad_halt: (batch, L), grad_last_state: (batch, D, N),
-    checkpoints: (batch, ceil(L / chunk_size), D, N) and entropy_sums: (batch, 2, L) from scan_forward with the
-    same chunk_size, all float32. Returns (du, ddelta, dA, dB, dC, dD, dz or None, ddelta_bias, dhalt_weight,
-    dhalt_bias, dinitial_state), each in the dtype and shape of its input.
+    cot.grad_out: (batch, D, L); grad_entropy, grad_halt: (batch, L); grad_last_state: (batch, D, N);
+    grad_channel_mean: (batch, L, N) when args.with_channel_mean; saved: the checkpoints and entropy sums of
+    scan_forward with the same chunk_size. Returns the gradient of every input, in its dtype and shape.
     """
+    chunk_size = args.chunk_size
     check_chunk_size(chunk_size)
-    (grad_out, grad_entropy, grad_halt, grad_last_state, u, delta, A, B, C, D, z, delta_bias, halt_weight,
-     checkpoints, entropy_sums) = contiguous(
-        grad_out, grad_entropy, grad_halt, grad_last_state, u, delta, A, B, C, D, z, delta_bias, halt_weight,
-        checkpoints, entropy_sums,
+    u, delta, A, B, C, D, z, delta_bias, halt_weight, halt_bias, initial_state = contiguous(
+        *(getattr(args, name) for name in tensor_fields(ScanArgs))
     )
     batch, dim, length = u.shape
     n_groups, dstate = B.shape[1], B.shape[2]
+    grad_out, grad_entropy, grad_halt, grad_last_state, grad_mean, checkpoints, entropy_sums = contiguous(
+        cot.grad_out.to(u.dtype), cot.grad_entropy.float(), cot.grad_halt.float(), cot.grad_last_state.float(),
+        cot.grad_channel_mean.float(), saved.checkpoints, saved.entropy_sums,
+    )
     dim_per_group = dim // n_groups
     n_chunks = triton.cdiv(length, chunk_size)
     if checkpoints.shape != (batch, n_chunks, dim, dstate):
         raise ValueError(f"checkpoints: expected shape {(batch, n_chunks, dim, dstate)} for chunk_size={chunk_size}, "
                          f"got {tuple(checkpoints.shape)}")
+    if args.with_channel_mean and grad_mean.shape != (batch, length, dstate):
+        raise ValueError(f"grad_channel_mean: expected shape {(batch, length, dstate)}, got {tuple(grad_mean.shape)}")
     block_d, block_n, num_warps = scan_blocks(dim_per_group, dstate, chunk_size)
     blocks_per_group = triton.cdiv(dim_per_group, block_d)
     device = u.device
@@ -167,25 +172,25 @@ def scan_backward(
     dC_part = empty(batch, n_groups, blocks_per_group, dstate, length)
     with launch_device(u):
         _scan_bwd_kernel[(batch, n_groups, blocks_per_group)](
-            grad_out, grad_entropy, grad_halt, grad_last_state,
+            grad_out, grad_entropy, grad_halt, grad_last_state, grad_halt if grad_mean.numel() == 0 else grad_mean,
             u, delta, A, B, C, D, u if z is None else z, delta_bias, halt_weight, checkpoints, entropy_sums,
             du, ddelta, du if dz is None else dz, dinit,
             dA_part, dD_part, dbias_part, dhw_part, dB_part, dC_part,
             dim, length, dstate, n_groups, dim_per_group, n_chunks,
-            HAS_Z=z is not None, SOFTPLUS=delta_softplus,
+            HAS_Z=z is not None, SOFTPLUS=args.delta_softplus, WITH_MEAN=args.with_channel_mean,
             BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk_size, num_warps=num_warps,
         )
     # torch.sum over a dimension is a fixed-order reduction (no atomics): bitwise equal on repeat.
-    return (
-        du,
-        ddelta,
-        dA_part.sum(0).to(A.dtype),
-        dB_part.sum(2).to(B.dtype),
-        dC_part.sum(2).to(C.dtype),
-        dD_part.sum(0).to(D.dtype),
-        dz,
-        dbias_part.sum(0).to(delta_bias.dtype),
-        dhw_part.sum(0).to(halt_weight.dtype),
-        grad_halt.sum().to(halt_bias.dtype).reshape(halt_bias.shape),
-        dinit.to(initial_state.dtype),
+    return ScanGrads(
+        u=du,
+        delta=ddelta,
+        A=dA_part.sum(0).to(A.dtype),
+        B=dB_part.sum(2).to(B.dtype),
+        C=dC_part.sum(2).to(C.dtype),
+        D=dD_part.sum(0).to(D.dtype),
+        z=dz,
+        delta_bias=dbias_part.sum(0).to(delta_bias.dtype),
+        halt_weight=dhw_part.sum(0).to(halt_weight.dtype),
+        halt_bias=grad_halt.sum().to(halt_bias.dtype).reshape(halt_bias.shape),
+        initial_state=dinit.to(initial_state.dtype),
     )

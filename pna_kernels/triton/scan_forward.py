@@ -10,7 +10,8 @@ from .common import (
     check_chunk_size, contiguous, launch_device, linear_recurrence, load_scan_parameters, program_tile,
     scan_blocks, softplus, x_log_x,
 )
-from .entropy import combine_partials
+from ..contract import ScanArgs, ScanResult, tensor_fields
+from .entropy import combine_channel_sums, combine_partials
 
 
 @triton.jit
@@ -39,9 +40,9 @@ def chunk_states(
 @triton.jit
 def _scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, halt_weight_ptr, init_ptr,
-    out_ptr, ckpt_ptr, last_ptr, part_ptr,
+    out_ptr, ckpt_ptr, last_ptr, part_ptr, mean_part_ptr,
     dim, length, dstate, n_groups, dim_per_group, n_chunks,
-    HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr, WITH_MEAN: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
 ):
     b, g, n_blocks, block, d, mask_d, n, mask_n, mask_dn, dn = program_tile(dim_per_group, dstate, BLOCK_D, BLOCK_N)
@@ -75,26 +76,27 @@ def _scan_fwd_kernel(
         tl.store(part, tl.sum(tl.sum(e, axis=1), axis=0), mask=mask_t)
         tl.store(part + length, tl.sum(tl.sum(x_log_x(e), axis=1), axis=0), mask=mask_t)
         tl.store(part + 2 * length, tl.sum(tl.sum(hs * halt_weight[:, :, None], axis=1), axis=0), mask=mask_t)
+        if WITH_MEAN:  # this program's sum over its channels, (N, chunk) into (batch, n_blocks, L, N)
+            mean_part = mean_part_ptr + ((b * n_blocks + block) * length + t[None, :]) * dstate + n[:, None]
+            tl.store(mean_part, tl.sum(hs, axis=0), mask=mask_nt)
         # Masked steps past L keep the state (decay 1, input 0), so the chunk's last column is the carried state.
         h = tl.sum(tl.where(steps[None, None, :] == CHUNK - 1, hs, 0.0), axis=2)
     tl.store(last_ptr + b * dim * dstate + dn, h, mask=mask_dn)
 
 
-def scan_forward(
-    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor | None, delta_bias: Tensor,
-    halt_weight: Tensor, halt_bias: Tensor, initial_state: Tensor, delta_softplus: bool, chunk_size: int,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Fused forward on canonical inputs (see pna_kernels.backends; made contiguous here).
+def scan_forward(args: ScanArgs) -> ScanResult:
+    """Fused forward on canonical inputs (pna_kernels/contract.py; made contiguous here).
 
     u, delta, z: (batch, D, L) float16/bfloat16/float32; B, C: (batch, G, N, L) in u's dtype; A, halt_weight:
-    (D, N), D, delta_bias: (D,), halt_bias: (), initial_state: (batch, D, N), all float32.
-    Returns out (batch, D, L) in u's dtype, entropy and halt_logits (batch, L), last_state (batch, D, N),
-    checkpoints (batch, ceil(L / chunk_size), D, N) (the state before each chunk) and entropy_sums (batch, 2, L),
-    all float32.
+    (D, N), D, delta_bias: (D,), halt_bias: (), initial_state: (batch, D, N), all float32; args.chunk_size a power
+    of two. Returns out (batch, D, L) in u's dtype and, in float32, entropy and halt_logits (batch, L), last_state
+    (batch, D, N), channel_mean (batch, L, N) (an empty (0,) tensor unless args.with_channel_mean), checkpoints
+    (batch, ceil(L / chunk_size), D, N) (the state before each chunk) and entropy_sums (batch, 2, L).
     """
+    chunk_size = args.chunk_size
     check_chunk_size(chunk_size)
     u, delta, A, B, C, D, z, delta_bias, halt_weight, halt_bias, initial_state = contiguous(
-        u, delta, A, B, C, D, z, delta_bias, halt_weight, halt_bias, initial_state
+        *(getattr(args, name) for name in tensor_fields(ScanArgs))
     )
     batch, dim, length = u.shape
     n_groups, dstate = B.shape[1], B.shape[2]
@@ -102,19 +104,25 @@ def scan_forward(
     n_chunks = triton.cdiv(length, chunk_size)
     block_d, block_n, num_warps = scan_blocks(dim_per_group, dstate, chunk_size)
     blocks_per_group = triton.cdiv(dim_per_group, block_d)
+    n_blocks = n_groups * blocks_per_group
     device = u.device
 
     out = torch.empty(batch, dim, length, dtype=u.dtype, device=device)
     checkpoints = torch.empty(batch, n_chunks, dim, dstate, dtype=torch.float32, device=device)
     last_state = torch.empty(batch, dim, dstate, dtype=torch.float32, device=device)
-    partials = torch.empty(batch, n_groups * blocks_per_group, 3, length, dtype=torch.float32, device=device)
+    partials = torch.empty(batch, n_blocks, 3, length, dtype=torch.float32, device=device)
+    mean_partials = torch.empty(batch if args.with_channel_mean else 0, n_blocks, length, dstate,
+                                dtype=torch.float32, device=device)
     with launch_device(u):
         _scan_fwd_kernel[(batch, n_groups, blocks_per_group)](
             u, delta, A, B, C, D, u if z is None else z, delta_bias, halt_weight, initial_state,
-            out, checkpoints, last_state, partials,
+            out, checkpoints, last_state, partials, partials if mean_partials.numel() == 0 else mean_partials,
             dim, length, dstate, n_groups, dim_per_group, n_chunks,
-            HAS_Z=z is not None, SOFTPLUS=delta_softplus,
+            HAS_Z=z is not None, SOFTPLUS=args.delta_softplus, WITH_MEAN=args.with_channel_mean,
             BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk_size, num_warps=num_warps,
         )
     entropy_sums, entropy, halt = combine_partials(partials, halt_bias)
-    return out, entropy, halt, last_state, checkpoints, entropy_sums
+    channel_mean = (combine_channel_sums(mean_partials, dim) if args.with_channel_mean
+                    else torch.empty(0, dtype=torch.float32, device=device))
+    return ScanResult(out=out, entropy=entropy, halt_logits=halt, last_state=last_state, channel_mean=channel_mean,
+                      checkpoints=checkpoints, entropy_sums=entropy_sums)
