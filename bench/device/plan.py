@@ -23,13 +23,13 @@ class Stage:
 STAGES: tuple[Stage, ...] = (
     Stage("env", 30, "device, versions of torch/triton/CUDA/driver, SM count and clock, device-to-device copy GB/s"),
     Stage("build", 110, "build or load the CUDA backend (its own budget; later stages skip cuda if this fails)"),
-    Stage("smoke", 45, "triton and cuda vs the float64 oracle on a small shape, fp32 and bf16: outputs and "
+    Stage("smoke", 60, "triton and cuda vs the float64 oracle on a small shape, fp32 and bf16: outputs and "
                        "gradients, relative error recorded against the tolerance (not asserted)"),
     Stage("timing", 150, "CUDA-event timing with warm-up and an L2 flush per rep: contract fwd/bwd on pre-validated "
                          "ScanArgs and the public API, with HBM and SFU floors"),
-    Stage("profile", 35, "torch.profiler per-kernel breakdown of each backend's passes at the realistic shape"),
-    Stage("sanitizer", 75, "compute-sanitizer memcheck and racecheck of triton and cuda fwd+bwd on a tiny shape"),
-    Stage("traffic", 35, "Nsight Compute DRAM bytes per kernel at the realistic shape (bytes actually moved)"),
+    Stage("profile", 30, "torch.profiler per-kernel breakdown of each backend's passes at the realistic shape"),
+    Stage("sanitizer", 70, "compute-sanitizer memcheck and racecheck of triton and cuda fwd+bwd on a tiny shape"),
+    Stage("traffic", 30, "Nsight Compute DRAM bytes per kernel at the realistic shape (bytes actually moved)"),
 )
 
 # Files the run writes (and rewrites after every stage) in its output directory.

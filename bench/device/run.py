@@ -101,7 +101,7 @@ class Driver:
         for stage, rec in zip(self.stages, self.state["stages"]):
             left = self.total_limit_s - (time.monotonic() - begin)
             limit = min(stage.budget_s, left)
-            if limit < MIN_STAGE_S:
+            if limit < min(MIN_STAGE_S, stage.budget_s):  # too little of the run is left to start it
                 rec.update(status="skipped", note=f"no time left in the run's {self.total_limit_s:.0f} s")
                 self.write()
                 continue

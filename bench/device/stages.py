@@ -273,6 +273,8 @@ def kernel_breakdown(fn: Callable[[], Any], device: str, top: int = 8) -> tuple[
     events = prof.key_averages()
     if device == "cuda":
         kernels = [e for e in events if getattr(e, "device_type", None) == DeviceType.CUDA]
+        if not kernels:  # older profilers attach kernels differently: take whatever has its own device time
+            kernels = [e for e in events if getattr(e, "self_device_time_total", 0) > 0]
         timed = [(e.key, e.count, getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0.0))
                  for e in kernels]
         unit = "device kernels"
