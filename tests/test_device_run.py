@@ -268,3 +268,11 @@ def test_parse_ncu_csv_assigns_kernels_to_passes_by_marker():
     assert kernels[0]["us"] == 20.0
     assert [p["bytes"] for p in passes] == [1_502_000, 5_000_000]
     assert parse_ncu_csv("ncu: no kernels were profiled", order) == ([], [])
+
+
+def test_readme_lists_the_stages_and_limits_of_the_plan():
+    readme = (REPO / "bench" / "README.md").read_text()
+    for stage in STAGES:
+        assert f"| `{stage.name}` | {stage.budget_s} | {stage.purpose} |" in readme, stage.name
+    for name in OUTPUT_FILES:
+        assert f"| `{name}` |" in readme
