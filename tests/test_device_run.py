@@ -260,8 +260,8 @@ def test_parse_ncu_csv_assigns_kernels_to_passes_by_marker():
         '"3","1","at::cuda::(anonymous namespace)::spin_kernel(long)","0","0","1000"',
         '"4","1","scan_backward_kernel","3000000","2000000","50000"',
     ])
-    order = [{"backend": "cuda", "path": "contract", "pass_name": "fwd"},
-             {"backend": "cuda", "path": "contract", "pass_name": "bwd"}]
+    order = [{"shape": "s", "backend": "cuda", "path": "contract", "pass_name": "fwd"},
+             {"shape": "s", "backend": "cuda", "path": "contract", "pass_name": "bwd"}]
     kernels, passes = parse_ncu_csv(text, order)
     assert [(k["pass_name"], k["name"]) for k in kernels] == [
         ("fwd", "scan_forward_kernel"), ("fwd", "combine_sums_kernel"), ("bwd", "scan_backward_kernel")]
@@ -276,3 +276,16 @@ def test_readme_lists_the_stages_and_limits_of_the_plan():
         assert f"| `{stage.name}` | {stage.budget_s} | {stage.purpose} |" in readme, stage.name
     for name in OUTPUT_FILES:
         assert f"| `{name}` |" in readme
+
+
+def test_report_puts_measured_bytes_beside_the_floor_of_the_same_shape():
+    calls = [harness.Call("cuda", "contract", "fwd", fn=lambda: None)]
+    rate = floors.SfuRate(per_s=4e12, source="test")
+    realistic = harness.time_calls(REALISTIC, calls, FakeTimer(1.0), 4e12, rate)[0].as_dict()
+    other_shape = dict(realistic, shape="b1-L8-D8-N16-bf16")
+    passes = [{"shape": REALISTIC.name, "backend": "cuda", "path": "contract", "pass_name": "fwd", "bytes": 3.5e8}]
+    report = render({"mode": "device", "stages": [], "data": {
+        "timing": {"rows": [realistic, other_shape]}, "traffic": {"passes": passes, "kernels": []}}})
+    lines = [ln for ln in report.splitlines() if "| cuda | contract | fwd |" in ln]
+    assert "| 204.3 | 350 |" in lines[0]  # floor MB, moved MB
+    assert "| 204.3 | - |" in lines[1]

@@ -25,11 +25,11 @@ STAGES: tuple[Stage, ...] = (
     Stage("build", 110, "build or load the CUDA backend (its own budget; later stages skip cuda if this fails)"),
     Stage("smoke", 60, "triton and cuda vs the float64 oracle on a small shape, fp32 and bf16: outputs and "
                        "gradients, relative error recorded against the tolerance (not asserted)"),
-    Stage("timing", 150, "CUDA-event timing with warm-up and an L2 flush per rep: contract fwd/bwd on pre-validated "
+    Stage("timing", 140, "CUDA-event timing with warm-up and an L2 flush per rep: contract fwd/bwd on pre-validated "
                          "ScanArgs and the public API, with HBM and SFU floors"),
     Stage("profile", 30, "torch.profiler per-kernel breakdown of each backend's passes at the realistic shape"),
     Stage("sanitizer", 70, "compute-sanitizer memcheck and racecheck of triton and cuda fwd+bwd on a tiny shape"),
-    Stage("traffic", 30, "Nsight Compute DRAM bytes per kernel at the realistic shape (bytes actually moved)"),
+    Stage("traffic", 40, "Nsight Compute DRAM bytes per kernel at the realistic shape (bytes actually moved)"),
 )
 
 # Files the run writes (and rewrites after every stage) in its output directory.
@@ -69,6 +69,7 @@ GPU_BACKENDS = ("cuda", "triton")
 BASELINE_ROWS = (("torch", TIMING_SHAPES[-1]),)
 SMOKE_SHAPE = Shape(batch=2, length=75, dim=64, dstate=16, dtype="float32")  # L not a multiple of any chunk
 SANITIZER_SHAPE = Shape(batch=1, length=40, dim=32, dstate=16, dtype="float32")
+TRAFFIC_SHAPE = REALISTIC
 # Dry mode (CPU): one tiny shape through the same code, timed by the wall clock.
 DRY_SHAPE = Shape(batch=1, length=32, dim=16, dstate=4, dtype="float32")
 DRY_BACKENDS = ("torch", "triton", "cuda")

@@ -103,10 +103,10 @@ def _smoke(data: dict[str, Any]) -> list[str]:
          "note"], rows)
 
 
-def _traffic_by_pass(data: dict[str, Any]) -> dict[tuple[str, str, str], float]:
-    """Bytes moved per (backend, path, pass) as measured by Nsight Compute, if the traffic stage ran."""
+def _traffic_by_pass(data: dict[str, Any]) -> dict[tuple[str, str, str, str], float]:
+    """Bytes moved per (shape, backend, path, pass) as measured by Nsight Compute, if the traffic stage ran."""
     traffic = data.get("traffic") or {}
-    return {(p["backend"], p["path"], p["pass_name"]): p["bytes"] for p in traffic.get("passes", [])}
+    return {(p["shape"], p["backend"], p["path"], p["pass_name"]): p["bytes"] for p in traffic.get("passes", [])}
 
 
 def _timing(data: dict[str, Any]) -> list[str]:
@@ -119,7 +119,7 @@ def _timing(data: dict[str, Any]) -> list[str]:
         t, f = r.get("timing") or {}, r.get("floors") or {}
         spread = f"{t['p20_ms']:.3f}-{t['p80_ms']:.3f}" if t else "-"
         hbm = f.get("hbm_s")
-        measured = moved.get((r["backend"], r["path"], r["pass_name"]))
+        measured = moved.get((r["shape"], r["backend"], r["path"], r["pass_name"]))
         rows.append([
             r["shape"], r["backend"], r["path"], r["pass_name"], _fmt(t.get("median_ms")), spread,
             _fmt(t.get("reps"), "d"), _fmt(f.get("floor_bytes", 0) / 1e6, ".4g"),

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .plan import (BASELINE_ROWS, DRY_BACKENDS, DRY_SHAPE, GPU_BACKENDS, REALISTIC, SANITIZER_SHAPE, SKIPPED,
-                   SMOKE_SHAPE, TIMING_SHAPES, Shape)
+                   SMOKE_SHAPE, TIMING_SHAPES, TRAFFIC_SHAPE, Shape)
 from .proc import run_limited
 
 
@@ -129,8 +129,8 @@ def stage_env(ctx: StageContext) -> None:
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             info["driver"] = f"nvidia-smi failed ({_first_line(str(exc))})"
         nvcc = _tool("nvcc")
-        info["nvcc"] = (_first_line(subprocess.run([nvcc, "--version"], capture_output=True, text=True)
-                                    .stdout.strip().splitlines()[-1]) if nvcc else "not found")
+        version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout if nvcc else ""
+        info["nvcc"] = (version.strip().splitlines() or ["not found"])[-1]
     else:
         info.update(device=f"CPU ({platform.processor() or platform.machine()}), dry run")
     rate = sfu_rate(sms, clock_hz)
@@ -344,7 +344,7 @@ def stage_sanitizer(ctx: StageContext) -> None:
 
 def stage_traffic(ctx: StageContext) -> None:
     exe = None if ctx.dry else _tool("ncu")
-    ctx.record(shape=REALISTIC.name)
+    ctx.record(shape=TRAFFIC_SHAPE.name)
     if exe is None:
         note = "dry run: Nsight Compute is not run on the CPU" if ctx.dry else "ncu (Nsight Compute) was not found"
         ctx.record(note=note)
@@ -391,7 +391,7 @@ def parse_ncu_csv(text: str, order: list[dict[str, str]]) -> tuple[list[dict[str
                         "us": float(ns) / 1e3 if ns else None})
     passes = []
     for p in order:
-        mine = [k for k in kernels if all(k[f] == p[f] for f in ("backend", "path", "pass_name"))]
+        mine = [k for k in kernels if all(k[f] == p[f] for f in p)]
         if mine:
             passes.append({**p, "bytes": sum(k["read"] + k["write"] for k in mine)})
     return kernels, passes
@@ -450,7 +450,7 @@ def workload_traffic(work: Path) -> None:
     from .harness import backend_calls, make_inputs
 
     ctx = StageContext("traffic_order", work, False, time.time() + 3600)
-    x = make_inputs(REALISTIC, "cuda")
+    x = make_inputs(TRAFFIC_SHAPE, "cuda")
     order: list[dict[str, str]] = []
     for backend in GPU_BACKENDS:
         calls = [c for c in backend_calls(backend, x, ctx.skip_reason(backend)) if c.fn is not None]
@@ -461,7 +461,7 @@ def workload_traffic(work: Path) -> None:
         for c in calls:
             c.fn()  # warm: compiled and loaded before the profiled range
             torch.cuda.synchronize()
-            order.append({"backend": backend, "path": c.path, "pass_name": c.pass_name})
+            order.append({"shape": TRAFFIC_SHAPE.name, "backend": backend, "path": c.path, "pass_name": c.pass_name})
             ctx.record(passes=order)
             torch.cuda.profiler.start()
             torch.cuda._sleep(1000)
