@@ -289,3 +289,18 @@ def test_report_puts_measured_bytes_beside_the_floor_of_the_same_shape():
     lines = [ln for ln in report.splitlines() if "| cuda | contract | fwd |" in ln]
     assert "| 204.3 | 350 |" in lines[0]  # floor MB, moved MB
     assert "| 204.3 | - |" in lines[1]
+
+
+@pytest.mark.parametrize("output,exit_code,result,errors", [
+    ("========= COMPUTE-SANITIZER\nworkload triton api fwd: ran\n========= ERROR SUMMARY: 0 errors", 0, "clean", 0),
+    ("========= Invalid __global__ write of size 4 bytes\n========= ERROR SUMMARY: 3 errors", 99, "ERRORS", 3),
+    ("========= RACECHECK SUMMARY: 2 hazards displayed (2 errors, 0 warnings)", 99, "ERRORS", 2),
+    ("========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)", 0, "clean", 0),
+    ("Traceback (most recent call last):\n========= ERROR SUMMARY: 0 errors", 1, "exit 1", 0),
+    ("", None, "killed at its limit", None),
+], ids=["memcheck-clean", "memcheck-errors", "racecheck-hazards", "racecheck-clean", "workload-failed", "killed"])
+def test_sanitizer_summary(output, exit_code, result, errors):
+    from bench.device.stages import sanitizer_summary
+
+    got = sanitizer_summary(output, exit_code)
+    assert got["result"].startswith(result) and got["errors"] == errors

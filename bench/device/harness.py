@@ -221,6 +221,14 @@ def backend_calls(backend: str, x: dict[str, Tensor | None], skip_reason: str | 
     return calls
 
 
+def profiled_calls(calls: list[Call]) -> list[Call]:
+    """The runnable passes worth profiling: the contract's fwd and bwd where the backend takes the contract (the
+    api runs the same kernels plus validation), else the api's fwd+bwd."""
+    runnable = [c for c in calls if c.fn is not None]
+    contract = [c for c in runnable if c.path == "contract"]
+    return contract or [c for c in runnable if c.pass_name == "fwd+bwd"]
+
+
 @dataclass
 class Row:
     """One line of the timing table."""

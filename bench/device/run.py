@@ -144,8 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         from . import stages
 
         if args.workload:
-            stages.WORKLOADS[args.workload](args.work)
-            return 0
+            return stages.WORKLOADS[args.workload](args.work, args.dry)
         return stages.run_stage(args.stage, args.work, args.dry, args.deadline or time.time() + 3600)
 
     out = args.out or Path(os.environ.get("OUT") or "device-run")

@@ -286,19 +286,14 @@ def kernel_breakdown(fn: Callable[[], Any], device: str, top: int = 8) -> tuple[
 
 
 def stage_profile(ctx: StageContext) -> None:
-    from .harness import backend_calls, describe, make_inputs
+    from .harness import backend_calls, describe, make_inputs, profiled_calls
 
-    shape = DRY_SHAPE if ctx.dry else REALISTIC
-    backends = ("torch",) if ctx.dry else GPU_BACKENDS
+    shape, backends = workload_plan(ctx.dry, REALISTIC)
     rows: list[dict[str, Any]] = []
     ctx.record(shape=shape.name, rows=rows)
     x = make_inputs(shape, ctx.device)
     for backend in backends:
-        calls = backend_calls(backend, x, ctx.skip_reason(backend))
-        runnable = [c for c in calls if c.fn is not None and (c.path == "contract" or c.pass_name == "fwd+bwd")]
-        if any(c.path == "contract" for c in runnable):  # kernels are the same through the api: profile one path
-            runnable = [c for c in runnable if c.path == "contract"]
-        for c in runnable:
+        for c in profiled_calls(backend_calls(backend, x, ctx.skip_reason(backend))):
             try:
                 kernels, unit = kernel_breakdown(c.fn, ctx.device)
             except Exception as exc:
@@ -312,17 +307,28 @@ def stage_profile(ctx: StageContext) -> None:
 
 
 def _workload_command(ctx: StageContext, workload: str) -> list[str]:
-    return [sys.executable, "-m", "bench.device.run", "--workload", workload, "--work", str(ctx.work)]
+    cmd = [sys.executable, "-m", "bench.device.run", "--workload", workload, "--work", str(ctx.work)]
+    return cmd + (["--dry"] if ctx.dry else [])
+
+
+def _tool_missing(ctx: StageContext, tool: str, workload: str) -> None:
+    """Skip the stage: the tool is not run in a dry run (its workload runs on the CPU instead) or was not found."""
+    if ctx.dry:
+        done = run_limited(_workload_command(ctx, workload), ctx.seconds_left() - 3)
+        print(done.output, flush=True)
+        note = f"dry run: {tool} is not run on the CPU; its workload ran without it (exit {done.exit_code})"
+    else:
+        note = f"{tool} was not found"
+    ctx.record(note=note)
+    raise StageSkipped(note)
 
 
 def stage_sanitizer(ctx: StageContext) -> None:
+    shape, backends = workload_plan(ctx.dry, SANITIZER_SHAPE)
+    ctx.record(shape=shape.name, backends=[b for b in backends if ctx.skip_reason(b) is None], tools=[])
     exe = None if ctx.dry else _tool("compute-sanitizer")
-    backends = [b for b in GPU_BACKENDS if ctx.skip_reason(b) is None]
-    ctx.record(shape=SANITIZER_SHAPE.name, backends=backends, tools=[])
     if exe is None:
-        note = "dry run: compute-sanitizer is not run on the CPU" if ctx.dry else "compute-sanitizer was not found"
-        ctx.record(note=note)
-        raise StageSkipped(note)
+        _tool_missing(ctx, "compute-sanitizer", "sanitizer")
     env = dict(os.environ, PYTORCH_NO_CUDA_MEMORY_CACHING="1")  # so out-of-bounds writes are not into the cache
     tools: list[dict[str, Any]] = []
     for i, tool in enumerate(("memcheck", "racecheck")):
@@ -332,23 +338,33 @@ def stage_sanitizer(ctx: StageContext) -> None:
         done = run_limited(cmd, limit, env=env)
         print(f"--- compute-sanitizer --tool {tool}: exit {done.exit_code}, {done.seconds:.1f} s", flush=True)
         print(done.output[-20000:], flush=True)
-        summary = [ln.strip() for ln in done.output.splitlines() if "SUMMARY" in ln]
-        match = re.search(r"ERROR SUMMARY:\s*(\d+)", done.output) or re.search(r"\((\d+) errors?", done.output)
-        errors = int(match.group(1)) if match else None
-        result = ("killed at its limit" if done.timed_out else "clean" if done.exit_code == 0 and errors == 0
-                  else "ERRORS" if done.exit_code == 99 or errors else f"exit {done.exit_code}")
-        tools.append({"tool": tool, "result": result, "errors": errors, "exit_code": done.exit_code,
-                      "seconds": done.seconds, "summary": "; ".join(summary)[:200]})
+        tools.append({"tool": tool, "exit_code": done.exit_code, "seconds": done.seconds,
+                      **sanitizer_summary(done.output, done.exit_code)})
         ctx.record(tools=tools)
 
 
+def sanitizer_summary(output: str, exit_code: int | None) -> dict[str, Any]:
+    """result (clean, ERRORS, killed at its limit, or the exit code), the error count and the summary lines of a
+    compute-sanitizer run with --error-exitcode 99."""
+    summary = [ln.strip("= \t") for ln in output.splitlines() if "SUMMARY" in ln]
+    match = re.search(r"ERROR SUMMARY:\s*(\d+)", output) or re.search(r"\((\d+) errors?", output)
+    errors = int(match.group(1)) if match else None
+    if exit_code is None:
+        result = "killed at its limit"
+    elif exit_code == 99 or errors:
+        result = "ERRORS"
+    elif exit_code == 0 and errors == 0:
+        result = "clean"
+    else:
+        result = f"exit {exit_code} (the workload failed; see stages.log)"
+    return {"result": result, "errors": errors, "summary": "; ".join(summary)[:200]}
+
+
 def stage_traffic(ctx: StageContext) -> None:
+    ctx.record(shape=workload_plan(ctx.dry, TRAFFIC_SHAPE)[0].name)
     exe = None if ctx.dry else _tool("ncu")
-    ctx.record(shape=TRAFFIC_SHAPE.name)
     if exe is None:
-        note = "dry run: Nsight Compute is not run on the CPU" if ctx.dry else "ncu (Nsight Compute) was not found"
-        ctx.record(note=note)
-        raise StageSkipped(note)
+        _tool_missing(ctx, "Nsight Compute (ncu)", "traffic")
     cmd = [exe, "--clock-control", "none", "--profile-from-start", "off", "--print-units", "base", "--csv",
            "--page", "raw", "--metrics", "dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum",
            *_workload_command(ctx, "traffic")]
@@ -420,54 +436,58 @@ def run_stage(name: str, work: Path, dry: bool, deadline: float) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ workloads
-def workload_sanitizer(work: Path) -> None:
-    """fwd+bwd of every usable GPU backend through the public API at the sanitizer's tiny shape."""
-    import torch
+def workload_plan(dry: bool, shape: Shape) -> tuple[Shape, tuple[str, ...]]:
+    """The shape and backends a tool's workload runs: the given shape on the GPU backends, or the dry ones."""
+    return (DRY_SHAPE, DRY_BACKENDS) if dry else (shape, GPU_BACKENDS)
 
+
+def workload_sanitizer(work: Path, dry: bool) -> int:
+    """Every pass of every usable backend once at the sanitizer's tiny shape; 1 if any of them raised."""
     from .harness import backend_calls, describe, make_inputs
 
-    ctx = StageContext("sanitizer_workload", work, False, time.time() + 3600)
-    x = make_inputs(SANITIZER_SHAPE, "cuda", seed=2)
-    for backend in GPU_BACKENDS:
-        calls = backend_calls(backend, x, ctx.skip_reason(backend))
-        for c in calls:
-            if c.fn is None:
-                print(f"workload {backend} {c.path} {c.pass_name}: {c.error}", flush=True)
-                continue
-            try:
-                c.fn()
-                torch.cuda.synchronize()
-                print(f"workload {backend} {c.path} {c.pass_name}: ran", flush=True)
-            except Exception as exc:
-                print(f"workload {backend} {c.path} {c.pass_name}: {describe(exc)}", flush=True)
+    ctx = StageContext("sanitizer_workload", work, dry, time.time() + 3600)
+    shape, backends = workload_plan(dry, SANITIZER_SHAPE)
+    x = make_inputs(shape, ctx.device, seed=2)
+    failed = False
+    for backend in backends:
+        for c in backend_calls(backend, x, ctx.skip_reason(backend)):
+            outcome = c.error
+            if c.fn is not None:
+                try:
+                    c.fn()
+                    _sync(ctx.device)
+                    outcome = "ran"
+                except Exception as exc:
+                    outcome, failed = describe(exc), True
+            print(f"workload {backend} {c.path} {c.pass_name}: {outcome}", flush=True)
+    return 1 if failed else 0
 
 
-def workload_traffic(work: Path) -> None:
-    """Each usable backend's contract fwd and bwd (or api fwd+bwd) at the realistic shape, once each inside the
-    profiler range, each preceded by a marker kernel; the order goes to traffic_order.json."""
+def workload_traffic(work: Path, dry: bool) -> int:
+    """Each usable backend's profiled passes (harness.profiled_calls) once each inside the profiler range, each
+    preceded by a marker kernel; their order goes to traffic_order.json (no profiler range on the CPU)."""
     import torch
 
-    from .harness import backend_calls, make_inputs
+    from .harness import backend_calls, make_inputs, profiled_calls
 
-    ctx = StageContext("traffic_order", work, False, time.time() + 3600)
-    x = make_inputs(TRAFFIC_SHAPE, "cuda")
+    ctx = StageContext("traffic_order", work, dry, time.time() + 3600)
+    shape, backends = workload_plan(dry, TRAFFIC_SHAPE)
+    x = make_inputs(shape, ctx.device)
     order: list[dict[str, str]] = []
-    for backend in GPU_BACKENDS:
-        calls = [c for c in backend_calls(backend, x, ctx.skip_reason(backend)) if c.fn is not None]
-        if any(c.path == "contract" for c in calls):
-            calls = [c for c in calls if c.path == "contract"]
-        else:
-            calls = [c for c in calls if c.pass_name == "fwd+bwd"]
-        for c in calls:
+    for backend in backends:
+        for c in profiled_calls(backend_calls(backend, x, ctx.skip_reason(backend))):
             c.fn()  # warm: compiled and loaded before the profiled range
-            torch.cuda.synchronize()
-            order.append({"shape": TRAFFIC_SHAPE.name, "backend": backend, "path": c.path, "pass_name": c.pass_name})
+            _sync(ctx.device)
+            order.append({"shape": shape.name, "backend": backend, "path": c.path, "pass_name": c.pass_name})
             ctx.record(passes=order)
-            torch.cuda.profiler.start()
-            torch.cuda._sleep(1000)
+            if ctx.device == "cuda":
+                torch.cuda.profiler.start()
+                torch.cuda._sleep(1000)
             c.fn()
-            torch.cuda.synchronize()
-            torch.cuda.profiler.stop()
+            _sync(ctx.device)
+            if ctx.device == "cuda":
+                torch.cuda.profiler.stop()
+    return 0
 
 
-WORKLOADS: dict[str, Callable[[Path], None]] = {"sanitizer": workload_sanitizer, "traffic": workload_traffic}
+WORKLOADS: dict[str, Callable[[Path, bool], int]] = {"sanitizer": workload_sanitizer, "traffic": workload_traffic}
