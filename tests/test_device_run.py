@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # bench/ is not an installed package
@@ -304,3 +305,51 @@ def test_sanitizer_summary(output, exit_code, result, errors):
 
     got = sanitizer_summary(output, exit_code)
     assert got["result"].startswith(result) and got["errors"] == errors
+
+
+def _contract_adapter():
+    """A backend module on the contract: the torch backend itself once it takes ScanArgs, else a thin adapter
+    of its positional functions (so the contract path of the harness is exercised before the backends move)."""
+    import types
+
+    from pna_kernels import parallel
+    from pna_kernels.contract import ScanGrads, ScanResult
+
+    if harness.contract_reason(parallel) is None:
+        return parallel
+    module = types.ModuleType("pna_test_contract_backend")
+    module.CHUNK_SIZE, module.supports = parallel.CHUNK_SIZE, parallel.supports
+    inputs = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "halt_weight", "halt_bias", "initial_state")
+
+    def scan_forward(args):
+        out, entropy, halt, last, checkpoints, sums = parallel.scan_forward(
+            *(getattr(args, n) for n in inputs), args.delta_softplus, args.chunk_size)
+        return ScanResult(out, entropy, halt, last, out.new_empty(0), checkpoints, sums)
+
+    def scan_backward(args, saved, cot):
+        return ScanGrads(*parallel.scan_backward(
+            cot.grad_out, cot.grad_entropy, cot.grad_halt, cot.grad_last_state, *(getattr(args, n) for n in inputs),
+            saved.checkpoints, saved.entropy_sums, args.delta_softplus, args.chunk_size))
+
+    module.scan_forward, module.scan_backward = scan_forward, scan_backward
+    return module
+
+
+def test_contract_path_is_timed_on_prevalidated_args(monkeypatch):
+    from pna_kernels import backends
+
+    module = _contract_adapter()
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setitem(backends.BACKENDS, "contract-test", module.__name__)
+    shape = harness.Shape(batch=1, length=12, dim=4, dstate=2, dtype="float32")
+    calls = harness.backend_calls("contract-test", harness.make_inputs(shape, "cpu"))
+    fwd, bwd = calls[0], calls[1]
+    assert (fwd.path, fwd.pass_name, bwd.pass_name) == ("contract", "fwd", "bwd")
+    assert fwd.error is None and bwd.error is None
+    result, grads = fwd.fn(), bwd.fn()
+    assert result.out.shape == (1, 4, 12) and result.checkpoints.shape == (1, 1, 4, 2)
+    assert grads.u.shape == (1, 4, 12) and grads.A.shape == (4, 2) and torch.isfinite(grads.delta).all()
+    rows = harness.time_calls(shape, calls[:2], FakeTimer(2.0), copy_bytes_per_s=1e9,
+                              rate=floors.SfuRate(per_s=1e12, source="test"))
+    assert [r.timing.median_ms for r in rows] == [2.0, 2.0] and all(r.error is None for r in rows)
+    assert [harness.profiled_calls(calls)[i].pass_name for i in range(2)] == ["fwd", "bwd"]
