@@ -54,7 +54,8 @@ def reached(state: dict[str, Any]) -> str:
         "; the run is complete." if done else ".")
 
 
-def render(state: dict[str, Any]) -> str:
+def render(state: dict[str, Any], brief: bool = False) -> str:
+    """The Markdown report; brief leaves out the per-kernel tables (for the console)."""
     data = state.get("data", {})
     dry = state.get("mode") == "dry"
     lines = ["# pna device run" + (" (DRY RUN on the CPU)" if dry else ""), ""]
@@ -69,6 +70,8 @@ def render(state: dict[str, Any]) -> str:
                            ("Per-kernel breakdown", _profile), ("Sanitizer", _sanitizer),
                            ("Memory traffic", _traffic)):
         body = section(data)
+        if body and brief and section in (_profile, _traffic):
+            body = ["(per-kernel rows: report.md)", ""]
         if body:
             lines += [f"## {title}", ""] + body
     return "\n".join(lines)

@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     state = Driver(STAGES, out, work, args.dry).run()
     written = sorted(p.name for p in out.iterdir() if p.is_file())
     extra = [name for name in written if name not in OUTPUT_FILES]
-    print("\n" + render(state), flush=True)
+    print("\n" + render(state, brief=True), flush=True)
     print(f"files in {out}: {', '.join(written)}" + (f" (unexpected: {extra})" if extra else ""), flush=True)
     return 0 if len(written) <= MAX_OUTPUT_FILES else 1
 

@@ -120,13 +120,16 @@ def stage_env(ctx: StageContext) -> None:
         info.update(device=torch.cuda.get_device_name(0), capability="sm_%d%d" % torch.cuda.get_device_capability(0),
                     sms=sms, l2_mib=getattr(props, "L2_cache_size", 0) / 2**20, memory_gib=props.total_memory / 2**30)
         try:
-            driver, max_clock, clock = _nvidia_smi("driver_version,clocks.max.sm,clocks.sm")
-            info.update(driver=driver, max_sm_clock_mhz=float(max_clock), sm_clock_mhz=float(clock))
-            clock_hz = float(max_clock) * 1e6
+            fields = _nvidia_smi("driver_version,clocks.max.sm,clocks.sm") + ["", ""]
+            info["driver"] = fields[0]
+            for key, value in (("max_sm_clock_mhz", fields[1]), ("sm_clock_mhz", fields[2])):
+                info[key] = float(value) if value.replace(".", "", 1).isdigit() else value or "-"
+            if isinstance(info["max_sm_clock_mhz"], float):
+                clock_hz = info["max_sm_clock_mhz"] * 1e6
             header = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=15).stdout
             match = re.search(r"CUDA Version:\s*([\d.]+)", header)
             info["driver_cuda"] = match.group(1) if match else "-"
-        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        except (OSError, subprocess.SubprocessError) as exc:
             info["driver"] = f"nvidia-smi failed ({_first_line(str(exc))})"
         nvcc = _tool("nvcc")
         version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout if nvcc else ""
