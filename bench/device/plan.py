@@ -68,7 +68,7 @@ GPU_BACKENDS = ("cuda", "triton")
 # The vectorised PyTorch backend as a baseline, at the small shape only (it materialises every state).
 BASELINE_ROWS = (("torch", TIMING_SHAPES[-1]),)
 SMOKE_SHAPE = Shape(batch=2, length=75, dim=64, dstate=16, dtype="float32")  # L not a multiple of any chunk
-SANITIZER_SHAPE = Shape(batch=1, length=40, dim=32, dstate=16, dtype="float32")
+SANITIZER_SHAPE = SMOKE_SHAPE  # the kernels the smoke stage compiled are reused under the sanitizer
 TRAFFIC_SHAPE = REALISTIC
 # Dry mode (CPU): one tiny shape through the same code, timed by the wall clock.
 DRY_SHAPE = Shape(batch=1, length=32, dim=16, dstate=4, dtype="float32")

@@ -70,7 +70,7 @@ def render(state: dict[str, Any], brief: bool = False) -> str:
                            ("Per-kernel breakdown", _profile), ("Sanitizer", _sanitizer),
                            ("Memory traffic", _traffic)):
         body = section(data)
-        if body and brief and section in (_profile, _traffic):
+        if brief and section in (_profile, _traffic) and len(body) > 2:  # a table, not just a note
             body = ["(per-kernel rows: report.md)", ""]
         if body:
             lines += [f"## {title}", ""] + body
