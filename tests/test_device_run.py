@@ -353,3 +353,17 @@ def test_contract_path_is_timed_on_prevalidated_args(monkeypatch):
                               rate=floors.SfuRate(per_s=1e12, source="test"))
     assert [r.timing.median_ms for r in rows] == [2.0, 2.0] and all(r.error is None for r in rows)
     assert [harness.profiled_calls(calls)[i].pass_name for i in range(2)] == ["fwd", "bwd"]
+
+
+def test_rows_reach_the_report_while_the_stage_still_runs(tmp_path):
+    """The driver refreshes the report during a stage, so a whole run killed mid-stage keeps the rows so far."""
+    out, work, snapshot = tmp_path / "out", tmp_path / "work", tmp_path / "snapshot.md"
+    code = ("import json, shutil, sys, time; open(sys.argv[1], 'w').write(json.dumps({'rows': [{'backend': 'cuda', "
+            "'dtype': 'bfloat16', 'rtol': 3e-2, 'passed': False, 'max_output_err': 0.5, 'max_grad_err': 0.25, "
+            "'worst': 'dB'}]})); time.sleep(2); shutil.copy(sys.argv[2], sys.argv[3])")
+    driver = Driver((Stage("smoke", 30, ""),), out, work, dry=True,
+                    command=python_stage(code, str(work / "smoke.json"), str(out / "report.md"), str(snapshot)))
+    driver.tick_s = 0.3
+    driver.run()
+    seen = snapshot.read_text()
+    assert "`smoke`, RUNNING" in seen and "| cuda | bfloat16 | 5.00e-01 | 2.50e-01 | dB |" in seen

@@ -6,7 +6,7 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Callable
 
 
 @dataclass(frozen=True)
@@ -22,17 +22,31 @@ class Finished:
         return self.exit_code is None
 
 
-def run_limited(cmd: list[str], limit_s: float, env: dict[str, str] | None = None,
-                stdout: IO | None = None) -> Finished:
+def run_limited(cmd: list[str], limit_s: float, env: dict[str, str] | None = None, stdout: IO | None = None,
+                on_tick: Callable[[], None] | None = None, tick_s: float = 10.0) -> Finished:
     """Run cmd in its own process group for at most limit_s seconds, then SIGTERM the group (SIGKILL 3 s later).
 
-    Output goes to `stdout` (a file) when given, else it is captured and returned (stderr merged in).
+    Output goes to `stdout` (a file) when given, else it is captured and returned (stderr merged in). With a file,
+    on_tick() is called every tick_s seconds while the command runs (the driver refreshes its report).
     """
     start = time.monotonic()
+    deadline = start + max(limit_s, 0.1)
     proc = subprocess.Popen(cmd, env=env, stdout=stdout if stdout is not None else subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True, text=stdout is None)
+    if stdout is not None:
+        while True:
+            try:
+                proc.wait(timeout=max(0.1, min(tick_s, deadline - time.monotonic())))
+                return Finished(proc.returncode, time.monotonic() - start)
+            except subprocess.TimeoutExpired:
+                if time.monotonic() >= deadline:
+                    _kill_group(proc)
+                    proc.wait()
+                    return Finished(None, time.monotonic() - start)
+                if on_tick is not None:
+                    on_tick()
     try:
-        out, _ = proc.communicate(timeout=max(limit_s, 0.1))
+        out, _ = proc.communicate(timeout=deadline - time.monotonic())
         return Finished(proc.returncode, time.monotonic() - start, out or "")
     except subprocess.TimeoutExpired:
         _kill_group(proc)

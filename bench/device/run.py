@@ -5,8 +5,8 @@
 
 The driver prints the plan, then runs the stages of plan.STAGES in order, each in its own process with its own
 time limit (a stage that overruns is killed and recorded, and the run goes on), and rewrites report.md and
-results.json in the output directory (default: $OUT, else ./device-run) before and after every stage, so a run
-stopped at any point leaves a report that names the stage it reached. Each stage's own output goes to stages.log.
+results.json in the output directory (default: $OUT, else ./device-run) before and after every stage and every
+10 s while one runs, so a run stopped at any point leaves a report that names the stage it reached. Each stage's own output goes to stages.log.
 The driver itself imports no torch.
 """
 from __future__ import annotations
@@ -70,6 +70,7 @@ class Driver:
                  command: Callable[[Stage, float], list[str]] | None = None):
         self.stages, self.out, self.work, self.dry = stages, out, work, dry
         self.total_limit_s = total_limit_s
+        self.tick_s = 10.0  # while a stage runs, its rows so far reach the report this often
         self.command = command or (lambda stage, deadline: stage_command(stage, work, dry, deadline))
         self.state = {
             "mode": "dry" if dry else "device",
@@ -112,7 +113,8 @@ class Driver:
             with open(log, "a") as f:
                 f.write(f"===== stage {stage.name} (limit {limit:.0f} s)\n")
                 f.flush()
-                done = run_limited(self.command(stage, time.time() + limit), limit, env=child_env(), stdout=f)
+                done = run_limited(self.command(stage, time.time() + limit), limit, env=child_env(), stdout=f,
+                                   on_tick=self.write, tick_s=self.tick_s)
             _trim_section(log, offset)
             rec["seconds"] = round(done.seconds, 1)
             self.write()  # reads the stage's results
