@@ -86,7 +86,7 @@ def _tool(name: str) -> str | None:
         return found
     homes = [os.environ.get("CUDA_HOME", ""), "/usr/local/cuda"] + sorted(glob.glob("/opt/nvidia/nsight-compute/*"))
     for home in homes:
-        for candidate in (Path(home) / "bin" / name, Path(home) / name):
+        for candidate in (Path(home) / "bin" / name, Path(home) / name, Path(home) / name / name):
             if home and candidate.is_file():
                 return str(candidate)
     return None
