@@ -367,3 +367,10 @@ def test_rows_reach_the_report_while_the_stage_still_runs(tmp_path):
     driver.run()
     seen = snapshot.read_text()
     assert "`smoke`, RUNNING" in seen and "| cuda | bfloat16 | 5.00e-01 | 2.50e-01 | dB |" in seen
+
+
+def test_unknown_backend_gives_rows_with_the_reason():
+    shape = harness.Shape(batch=1, length=4, dim=2, dstate=2, dtype="float32")
+    calls = harness.backend_calls("no-such-backend", harness.make_inputs(shape, "cpu"))
+    assert len(calls) == len(harness.PASSES)
+    assert all(c.fn is None and "no-such-backend" in c.error for c in calls)

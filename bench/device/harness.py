@@ -180,7 +180,10 @@ def backend_calls(backend: str, x: dict[str, Tensor | None], skip_reason: str | 
 
     calls = [Call(backend, path, pass_name) for path, pass_name in PASSES]
     u = x["u"]
-    reason = skip_reason or unsupported_reason(backend, u.device, u.dtype, x["A"].shape[1])
+    try:
+        reason = skip_reason or unsupported_reason(backend, u.device, u.dtype, x["A"].shape[1])
+    except Exception as exc:  # e.g. a backend name this checkout does not have
+        reason = describe(exc)
     if reason is not None:
         for c in calls:
             c.error = f"not run: {reason}"
