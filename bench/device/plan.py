@@ -28,7 +28,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("timing", 140, "CUDA-event timing with warm-up and an L2 flush per rep: contract fwd/bwd on pre-validated "
                          "ScanArgs and the public API, with HBM and SFU floors"),
     Stage("profile", 30, "torch.profiler per-kernel breakdown of each backend's passes at the realistic shape"),
-    Stage("sanitizer", 70, "compute-sanitizer memcheck and racecheck of triton and cuda fwd+bwd on a tiny shape"),
+    Stage("sanitizer", 70, "compute-sanitizer memcheck and racecheck of triton and cuda fwd+bwd on the smoke shape"),
     Stage("traffic", 40, "Nsight Compute DRAM bytes per kernel at the realistic shape (bytes actually moved)"),
 )
 

@@ -6,8 +6,8 @@
 The driver prints the plan, then runs the stages of plan.STAGES in order, each in its own process with its own
 time limit (a stage that overruns is killed and recorded, and the run goes on), and rewrites report.md and
 results.json in the output directory (default: $OUT, else ./device-run) before and after every stage and every
-10 s while one runs, so a run stopped at any point leaves a report that names the stage it reached. Each stage's own output goes to stages.log.
-The driver itself imports no torch.
+10 s while one runs, so a run stopped at any point leaves a report that names the stage it reached. Each stage's
+own output goes to stages.log. The driver itself imports no torch.
 """
 from __future__ import annotations
 
