@@ -374,3 +374,10 @@ def test_unknown_backend_gives_rows_with_the_reason():
     calls = harness.backend_calls("no-such-backend", harness.make_inputs(shape, "cpu"))
     assert len(calls) == len(harness.PASSES)
     assert all(c.fn is None and "no-such-backend" in c.error for c in calls)
+
+
+def test_only_rejects_an_unknown_stage_with_exit_code_2():
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", "bench.device.run", "--dry", "--only", "env,timings"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--only: unknown stage(s) timings" in proc.stderr

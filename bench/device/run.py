@@ -136,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m bench.device.run", description=__doc__.splitlines()[0])
     parser.add_argument("--dry", action="store_true", help="run the stages on CPU tensors at a tiny size")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: $OUT, else ./device-run)")
+    parser.add_argument("--only", default=None, metavar="STAGE,...",
+                        help="run only these stages, in plan order (keep env and build: later stages read them)")
     parser.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--stage", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--workload", default=None, help=argparse.SUPPRESS)
@@ -149,11 +151,19 @@ def main(argv: list[str] | None = None) -> int:
             return stages.WORKLOADS[args.workload](args.work, args.dry)
         return stages.run_stage(args.stage, args.work, args.dry, args.deadline or time.time() + 3600)
 
+    stages = STAGES
+    if args.only:
+        wanted = args.only.split(",")
+        unknown = sorted(set(wanted) - {s.name for s in STAGES})
+        if unknown:
+            parser.error(f"--only: unknown stage(s) {', '.join(unknown)}; expected some of "
+                         f"{', '.join(s.name for s in STAGES)}")
+        stages = tuple(s for s in STAGES if s.name in wanted)
     out = args.out or Path(os.environ.get("OUT") or "device-run")
     work = args.work or Path(tempfile.mkdtemp(prefix="pna-device-run-"))
-    print(plan_text(), flush=True)
+    print(plan_text(stages), flush=True)
     print(f"output: {out}\n", flush=True)
-    state = Driver(STAGES, out, work, args.dry).run()
+    state = Driver(stages, out, work, args.dry).run()
     written = sorted(p.name for p in out.iterdir() if p.is_file())
     extra = [name for name in written if name not in OUTPUT_FILES]
     print("\n" + render(state, brief=True), flush=True)
