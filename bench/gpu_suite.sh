@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# The GPU check in one command, from a checkout on a machine with an NVIDIA GPU:
+# The LONG GPU suite, from a checkout on a machine with an NVIDIA GPU and time to spare (15 minutes or more):
 #
 #     bash bench/gpu_suite.sh
+#
+# For a short GPU slot (<= 10 minutes, nothing installable) run bench/device_run.sh instead: staged, time-limited,
+# its report written as it goes; its report is the one committed to bench/results/. This suite is not for such a
+# slot: it may pip-install, runs every CPU and training benchmark and the compile-only CUDA test, and writes its
+# report only at the end.
 #
 # Uses the machine's CUDA build of torch (installs one from PyPI only if torch is missing or CPU-only), installs
 # pna from this checkout without dependencies, prints the GPU/driver/torch/triton/nvcc versions, measures the

@@ -15,6 +15,8 @@ import pna_kernels
 from pna_kernels.testing import RTOL, assert_close_rel, random_scan_inputs
 from pna_kernels.validation import check_scan_inputs
 
+from device.floors import ScanFootprint  # bench/device/floors.py: the one definition of the memory floor
+
 HAS_CUDA = torch.cuda.is_available()
 
 
@@ -104,16 +106,15 @@ def test_fused_scan(measure, shape, backend, mode):
         ))
 
     outputs = call()
-    inputs_bytes, outputs_bytes = nbytes(*x.values()), nbytes(*outputs)
+    footprint = ScanFootprint(batch=shape.batch, length=shape.length, dim=shape.dim, dstate=shape.dstate,
+                              act_bytes=x["u"].element_size())
+    floor = footprint.pass_cost(mode)[0]
     if mode == "fwd":
-        floor = inputs_bytes + outputs_bytes
 
         def fn():
             call()
             synchronize(shape.device)
     else:
-        # backward reads the inputs and one cotangent per output again and writes one gradient per input
-        floor = 3 * inputs_bytes + 2 * outputs_bytes
         grads = cotangents(outputs)
         del outputs
 
