@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pna_kernels import selective_state_update
 from pna_kernels.backends import chunk_size, unsupported_reason
 from pna_kernels.contract import COTANGENT_OF, ScanCotangents, ScanResult, flatten, replace, unflatten
 from pna_kernels.testing import (
@@ -129,8 +130,6 @@ def test_non_finite_state_gives_nan_entropy(backend, bad):
     state = x["initial_state"] if x["initial_state"] is not None else torch.zeros(1, 4, 4, device=device)
     state = torch.full_like(state, {"inf": float("inf"), "nan": float("nan"), "overflow": 3e30}[bad])
     step = decode_inputs(x, 0)
-    from pna_kernels import selective_state_update
-
     _, step_entropy, _ = selective_state_update(state, step["x"], step["dt"], x["A"], step["B"], step["C"],
                                                 backend=name, check_finite=False)
     assert torch.isnan(step_entropy).all()

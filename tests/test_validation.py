@@ -307,3 +307,21 @@ def test_step_rejects_a_state_that_requires_grad():
     with pytest.raises(ValueError, match="^state: requires grad"):
         step(state=state)
     assert state.grad is None and state._version == 0  # untouched
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+def test_check_finite_false_never_syncs_on_gpu(backend):
+    """On a GPU, a scan (forward and backward) and a decode step with check_finite=False run without one
+    device -> host synchronisation (torch's sync debug mode turns any into an error)."""
+    x = {k: v.cuda().requires_grad_(k != "halt_bias") for k, v in scan_inputs().items()}
+    s = {k: v.cuda() for k, v in step_inputs().items()}
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        res = pna_kernels.selective_scan(**{**x, "halt_bias": 0.5}, backend=backend, check_finite=False,
+                                         return_last_state=True, return_channel_mean=True)
+        sum(t.sum() for t in res).backward()
+        pna_kernels.selective_state_update(**s, backend=backend, check_finite=False)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
