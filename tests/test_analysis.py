@@ -29,13 +29,14 @@ WIDTH = 32
 
 
 def step_batch(lag: int, n: int = 40, seed: int = 0, rising_entropy: bool = False, noise: float = 0.05):
-    """Entropy steps down (or up) at t_q + lag while q steps up through 0.5 at t_q = rp - 4; lag < 0: state leads."""
+    """q steps up through 0.5 at t_q = rp - 4 while the entropy steps down (or up) at t_q - lag, so that
+    lag = t_halt - t_collapse: lag < 0, the halt signal leads; lag > 0, the state leads."""
     rng = np.random.default_rng(seed)
     rp = rng.integers(9, 20, size=n)
     lengths = rp + 4
     pos = np.arange(WIDTH)[None, :]
     t_q = (rp - 4)[:, None]
-    high_then_low = np.where(pos < t_q + lag, 3.0, 1.0)
+    high_then_low = np.where(pos < t_q - lag, 3.0, 1.0)
     entropy = (4.0 - high_then_low if rising_entropy else high_then_low) + noise * rng.standard_normal((n, WIDTH))
     halt_logits = np.where(pos < t_q, -3.0, 3.0) + noise * rng.standard_normal((n, WIDTH))
     return entropy, halt_logits, rp, lengths
@@ -47,7 +48,7 @@ def test_constructed_lag_is_found_with_one_sign_by_threshold_and_cross_correlati
     thr = threshold_lag(entropy, halt_logits, rp, lengths, n_boot=200)
     assert thr.n_censored == 0 and thr.summary.n == 40
     assert np.all(thr.tau == lag)
-    assert thr.summary.fraction_negative == (1.0 if lag < 0 else 0.0)
+    assert thr.summary.fraction_negative == (1.0 if lag < 0 else 0.0)  # negative: the halt signal leads
     for differenced in (False, True):
         xc = cross_correlation(entropy, halt_logits, rp, lengths, differenced=differenced)
         assert xc.n == 40
@@ -144,7 +145,8 @@ def test_to_dict_is_strict_json():
         cross_correlation(entropy, halt_logits, rp, lengths),
     ):
         json.dumps(result.to_dict(), allow_nan=False)
-    assert "tau < 0" in threshold_lag(entropy, halt_logits, rp, lengths, n_boot=100).to_dict()["sign_convention"]
+    convention = threshold_lag(entropy, halt_logits, rp, lengths, n_boot=100).to_dict()["sign_convention"]
+    assert convention == "tau = first(q > 0.5) - first(collapse); tau < 0: the halt signal leads"
 
 
 def test_f1_on_a_hand_computed_case():
