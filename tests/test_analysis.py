@@ -15,6 +15,7 @@ from pna.analysis import (
     bootstrap_ci,
     coupling,
     cross_correlation,
+    faithful_halt_f1,
     fisher_z_ttest_pvalue,
     halting_metrics,
     plot_aligned_curves,
@@ -191,8 +192,12 @@ def test_halting_metrics_hand_computed():
     # before EOS: positives at 4, 5 per example (6); tp = 2 + 2 + 1, fp = 1, fn = 1
     assert (res.before_eos.tp, res.before_eos.fp, res.before_eos.fn) == (5, 1, 1)
     assert res.before_eos.f1 == pytest.approx(10 / 12)
-    # with PAD: example 0 also fires at EOS and PAD (labels 0) -> 2 more false positives
-    assert res.with_pad.fp == 3 and res.with_pad.f1 == pytest.approx(10 / 14)
+    # the original's F1 over all 8 positions, positives t >= rp = 4 (EOS and PAD positive, the 0.5 labels at 2, 3
+    # negative): example 0 fires 4-7 (tp 4); example 1 fires 3-5 (tp 2, fp 1 at 3, fn 2 at EOS and PAD);
+    # example 2 fires at 5 (tp 1, fn 3)
+    assert (res.with_pad.tp, res.with_pad.fp, res.with_pad.fn) == (7, 1, 5)
+    assert res.with_pad.f1 == pytest.approx(14 / 20)
+    assert faithful_halt_f1(halting_case()[0], np.full(3, 4)) == res.with_pad
     np.testing.assert_array_equal(res.stop_error, [0, -1, 1])
     assert (res.early_rate, res.exact_rate, res.late_rate, res.never_rate) == pytest.approx((1 / 3, 1 / 3, 1 / 3, 0))
     json.dumps(res.to_dict(), allow_nan=False)
