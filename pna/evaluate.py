@@ -2,10 +2,12 @@
 
 Arrays are padded to the split's max_len and keep the model's outputs at PAD positions too, because one of the
 halt-F1 protocols (the original's) counts PAD positions; ``lengths`` and ``eos_pos`` say where each example ends.
-Free generation lives in pna.generate.
+protocol="faithful" lays the examples out as the original did (pna.tasks.TaskDataset: max_len - 1 positions,
+long examples truncated, PAD labelled 1). Free generation lives in pna.generate.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -13,6 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from pna.analysis.faithful import energy_entropy_bits
 from pna.analysis.series import halt_confidence
 from pna.tasks import Example, make_loader
 from pna.tokenizer import TOKENIZER
@@ -30,6 +33,11 @@ class Evaluation:
     eos_pos (N,) int: index of the EOS token; halt_pos (N,) int: index of the HALT token.
     token_correct (N,) int and token_count (N,) int: teacher-forced next-token hits and scored targets;
     answer_correct (N,) bool: every answer token (after "Result:", before HALT) predicted correctly.
+    first_answer_correct (N,) bool: the first answer token, predicted at rp, is right (the original's
+    teacher-forced accuracy).
+    channel_mean_entropy (N, L) float: the original's state entropy in bits of the last layer's channel-mean
+    state s_t (pna.analysis.faithful.energy_entropy_bits); an empty (0,) array for a model without one (the
+    Transformer), see has_channel_mean.
     """
 
     entropy: np.ndarray
@@ -43,6 +51,8 @@ class Evaluation:
     token_correct: np.ndarray
     token_count: np.ndarray
     answer_correct: np.ndarray
+    first_answer_correct: np.ndarray
+    channel_mean_entropy: np.ndarray
 
     @property
     def n(self) -> int:
@@ -53,6 +63,16 @@ class Evaluation:
     def q(self) -> np.ndarray:
         """Halt confidence sigmoid(halt_logits), (N, L)."""
         return halt_confidence(self.halt_logits)
+
+    @property
+    def has_channel_mean(self) -> bool:
+        """Whether channel_mean_entropy holds the original's entropy (an SSM) or is empty."""
+        return self.channel_mean_entropy.shape == self.entropy.shape
+
+    @property
+    def first_answer_accuracy(self) -> float:
+        """Teacher-forced accuracy of the first answer token at rp (the original's, e.g. D: 99.7%)."""
+        return float(self.first_answer_correct.mean()) if self.n else float("nan")
 
     @property
     def token_accuracy(self) -> float:
@@ -85,6 +105,13 @@ def _first_index(ids: torch.Tensor, token_id: int) -> torch.Tensor:
     return torch.where(hits.any(dim=1), first, torch.full_like(first, -1))
 
 
+def _forward(model: torch.nn.Module, ids: torch.Tensor):
+    """model(ids), asking for the channel-mean state where the model's forward takes return_channel_mean."""
+    if "return_channel_mean" in inspect.signature(model.forward).parameters:
+        return model(ids, return_channel_mean=True)
+    return model(ids)
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
@@ -92,22 +119,26 @@ def evaluate(
     max_len: int,
     batch_size: int = 64,
     device: torch.device | str = "cpu",
+    protocol: str = "corrected",
 ) -> Evaluation:
-    """Teacher-forced pass of ``model`` over ``examples`` (padded to max_len); see Evaluation for the arrays.
+    """Teacher-forced pass of ``model`` over ``examples`` (padded to max_len in the protocol's layout, see
+    pna.tasks.TaskDataset); see Evaluation for the arrays.
 
-    model(input_ids (B, L)) must return an object with logits (B, L, V), halt_logits (B, L), entropy (B, L).
+    model(input_ids (B, L)) must return an object with logits (B, L, V), halt_logits (B, L), entropy (B, L) and
+    optionally channel_mean (B, L, N) (asked for with return_channel_mean=True where forward takes it).
     """
     if not examples:
         raise ValueError("examples: empty")
     if batch_size < 1:
         raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
     model.eval()
-    loader = make_loader(list(examples), batch_size=batch_size, shuffle=False, seed=0, max_len=max_len)
+    loader = make_loader(list(examples), batch_size=batch_size, shuffle=False, seed=0, max_len=max_len,
+                         protocol=protocol)
     parts: dict[str, list[np.ndarray]] = {name: [] for name in Evaluation.__dataclass_fields__}
     for batch in loader:
         ids = batch["input_ids"].to(device)
         targets = batch["targets"].to(device)
-        out = model(ids)
+        out = _forward(model, ids)
         pred = out.logits.argmax(dim=-1)
         scored = targets != -100
         hit = (pred == targets) & scored
@@ -128,4 +159,11 @@ def evaluate(
         parts["token_correct"].append(hit.sum(dim=1).cpu().numpy())
         parts["token_count"].append(scored.sum(dim=1).cpu().numpy())
         parts["answer_correct"].append(answer_ok.cpu().numpy())
+        first_hit = hit.gather(1, rp.clamp(max=ids.shape[1] - 1).unsqueeze(1)).squeeze(1)
+        parts["first_answer_correct"].append(first_hit.cpu().numpy())
+        channel_mean = getattr(out, "channel_mean", None)
+        parts["channel_mean_entropy"].append(np.zeros(0) if channel_mean is None
+                                             else energy_entropy_bits(channel_mean.float().cpu().numpy()))
+    if any(chunk.size == 0 for chunk in parts["channel_mean_entropy"]):
+        parts["channel_mean_entropy"] = [np.zeros(0)]
     return Evaluation(**{name: np.concatenate(chunks) for name, chunks in parts.items()})

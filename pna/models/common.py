@@ -1,7 +1,7 @@
 """What every model returns, shared by the SSM and the Transformer."""
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 from torch import Tensor, nn
 
@@ -10,7 +10,9 @@ class ModelOutput(NamedTuple):
     """A teacher-forced forward pass.
 
     logits (B, L, V); halt_logits (B, L) and entropy (B, L): the model's (its last layer's) halt logit and state
-    entropy (natural log); layer_entropy and layer_halt_logits (n_layers, B, L): every layer's.
+    entropy (natural log); layer_entropy and layer_halt_logits (n_layers, B, L): every layer's; channel_mean: the
+    last layer's s_t = mean over channels of h_t, (B, L, N) float32, None for the Transformer (and for the SSM
+    unless asked for).
     """
 
     logits: Tensor
@@ -18,6 +20,7 @@ class ModelOutput(NamedTuple):
     entropy: Tensor
     layer_entropy: Tensor
     layer_halt_logits: Tensor
+    channel_mean: Optional[Tensor] = None
 
 
 class StepOutput(NamedTuple):

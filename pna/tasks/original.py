@@ -12,6 +12,8 @@ order from the same seed (42 / 123 / 456), so split s of size n is the original'
   a start value 1-9, each step an operator +/- and an operand 1-9, the running value clamped to 0..99 (so values
   have up to two digits). Long chains exceed the 64-token budget: the faithful loader truncates them as the
   original did (about a quarter of the 2-8-operation test split; see pna.tasks.dataset).
+* free-generation inputs (src/generate.py generate_test_inputs): random.Random(2024) draws 400 bit strings of
+  2-8 bits, then 100 out-of-distribution ones of 9 or 10 bits (original_generation_examples).
 * sorting (src/phase19_cross_domain.py): one random.Random(seed) draws the letter count in min..max letters and
   the letters A-F; input letters are space separated ("Input:D B F") and the trace is the same bubble sort.
 No train / val / test partition applies: the original drew its splits independently (they can share inputs).
@@ -22,6 +24,8 @@ import random
 
 import numpy as np
 
+from .example import Example, example_from_text
+from .parity import parity_text
 from .sorting import LETTERS, bubble_sort_trace
 
 ARITHMETIC_SHARE = 0.3
@@ -84,4 +88,17 @@ def original_sorting(n: int, seed: int, min_letters: int = 3, max_letters: int =
         steps, result = bubble_sort_trace("".join(letters))
         out.append((f"<BOS>Input:{' '.join(letters)} {' '.join(steps)} Result:{' '.join(result)}<HALT><EOS>",
                     {"kind": "sorting", "n_letters": n_letters}))
+    return out
+
+
+def original_generation_examples(n_in_dist: int = 400, n_ood: int = 100, seed: int = 2024) -> list[Example]:
+    """The original's free-generation set, pooled: n_in_dist parity inputs of 2-8 bits, then n_ood of 9 or 10 bits
+    (meta "ood" True), drawn as its generate_test_inputs did; each a parity example with its trace."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n_in_dist + n_ood):
+        ood = i >= n_in_dist
+        n_bits = rng.choice([9, 10]) if ood else rng.randint(2, 8)
+        bits = "".join(str(rng.randint(0, 1)) for _ in range(n_bits))
+        out.append(example_from_text(parity_text(bits), {"kind": "parity", "n_bits": n_bits, "ood": ood}))
     return out
