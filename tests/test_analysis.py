@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from scipy.special import logit
 from scipy.stats import pearsonr
 
@@ -32,6 +33,9 @@ from pna.analysis import (
     threshold_lag,
 )
 from pna.analysis.faithful import original_threshold_crossings, original_xcorr
+from pna.analysis.probe import ProbeConfig, answer_entropy_r
+from pna.tasks import first_answer_in, make_split
+from pna.tokenizer import TOKENIZER
 
 WIDTH = 32
 
@@ -399,3 +403,34 @@ def test_seed_distribution():
         seed_distribution([])
     with pytest.raises(ValueError, match="^max_lag:"):
         faithful_metrics(*window_batch(9, 1, np.ones(10), np.ones(10) * 0.2), max_lag=-1)
+
+
+class AnswerRevealingModel(torch.nn.Module):
+    """Stub for the Phase-8 statistic: its post-norm hidden state carries the answer (+-1) with a weight w growing
+    from 0 at position 0 to 1 at rp, and its halt logit 6w - 3 rises with it; so the probe's answer entropy falls
+    while the halt confidence rises, both monotone in w."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm_f = torch.nn.Identity()
+
+    def forward(self, input_ids):
+        from types import SimpleNamespace
+        b, length = input_ids.shape
+        rp = (input_ids == TOKENIZER.result_id).float().argmax(dim=1).clamp(min=1)
+        answer = input_ids.gather(1, (rp + 1).clamp(max=length - 1)[:, None]).squeeze(1) == TOKENIZER.encode("1")[0]
+        t = torch.arange(length)[None, :].float()
+        weight = (t / rp[:, None]).clamp(max=1.0)
+        hidden = torch.stack([(2.0 * answer.float() - 1.0)[:, None] * 4.0 * weight, torch.ones(b, length)], dim=-1)
+        self.norm_f(hidden)
+        return SimpleNamespace(halt_logits=6.0 * weight - 3.0)
+
+
+def test_phase8_probe_statistic_on_a_model_that_reveals_its_answer():
+    train = make_split("parity", "train", n=200, protocol="faithful")
+    test = make_split("parity", "test", n=80, protocol="faithful")
+    res = answer_entropy_r(AnswerRevealingModel(), train, test, ProbeConfig(lr=0.05))  # few steps: a larger lr
+    kept = [test[i] for i in first_answer_in(test)]
+    assert res.n == sum(ex.result_pos >= 3 for ex in kept) and res.r.size == res.n
+    assert res.probe_accuracy == 1.0
+    assert res.to_dict()["mean"] < -0.8 and res.to_dict()["fraction_negative"] == 1.0
