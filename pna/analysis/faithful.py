@@ -28,7 +28,7 @@ import numpy as np
 from scipy.signal import correlate
 
 from pna.analysis.coupling import CouplingResult, coupling, pearson_r
-from pna.analysis.lag import MAX_LAG, ThresholdLagResult, threshold_lag
+from pna.analysis.lag import MAX_LAG, ThresholdLagResult, check_max_lag, threshold_lag
 from pna.analysis.series import HALT_THRESHOLD, MIN_RESULT_POS, reasoning_windows
 from pna.analysis.stats import json_float
 
@@ -168,8 +168,7 @@ def faithful_metrics(
     entropy_bits: (n, L) the channel-mean energy entropy (energy_entropy_bits of s_t); halt_logits: (n, L);
     result_pos, lengths: (n,) ints as in pna.analysis.series. Raises ValueError on invalid input.
     """
-    if isinstance(max_lag, bool) or not isinstance(max_lag, (int, np.integer)) or max_lag < 0:
-        raise ValueError(f"max_lag: expected an integer >= 0, got {max_lag!r}")
+    check_max_lag(max_lag)
     windows = reasoning_windows(entropy_bits, halt_logits, result_pos, lengths, min_result_pos)
     rs, sc, hr, width, raw, deriv = [], [], [], [], [], []
     nan_curve = np.full(2 * max_lag + 1, np.nan)

@@ -29,6 +29,12 @@ MAX_LAG = 5
 COLLAPSE_FRACTION = 0.5
 
 
+def check_max_lag(max_lag: int) -> None:
+    """ValueError unless max_lag is an integer >= 0."""
+    if isinstance(max_lag, bool) or not isinstance(max_lag, (int, np.integer)) or max_lag < 0:
+        raise ValueError(f"max_lag: expected an integer >= 0, got {max_lag!r}")
+
+
 def collapse_index(entropy: np.ndarray) -> int | None:
     """First index t with entropy[t] < min + 0.5 (max - min) of the 1-D series (m,); None if it is constant."""
     e = np.asarray(entropy, dtype=np.float64)
@@ -192,8 +198,7 @@ def cross_correlation(
     entropy, halt_logits: (n, L); result_pos, lengths: (n,) ints. With no usable example (n = 0) c is all NaN
     and lag_argmin / lag_argmax are None. Raises ValueError on invalid input.
     """
-    if isinstance(max_lag, bool) or not isinstance(max_lag, (int, np.integer)) or max_lag < 0:
-        raise ValueError(f"max_lag: expected an integer >= 0, got {max_lag!r}")
+    check_max_lag(max_lag)
     windows = reasoning_windows(entropy, halt_logits, result_pos, lengths, min_result_pos)
     curves: list[np.ndarray] = []
     n_short, n_constant = windows.n_short, 0
