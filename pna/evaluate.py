@@ -15,7 +15,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from pna.analysis.faithful import energy_entropy_bits
+from pna.analysis.faithful import SideBySide, energy_entropy_bits, faithful_metrics, side_by_side
+from pna.analysis.halting import faithful_halt_f1
 from pna.analysis.series import halt_confidence
 from pna.tasks import Example, make_loader
 from pna.tokenizer import TOKENIZER
@@ -83,6 +84,16 @@ class Evaluation:
     def answer_accuracy(self) -> float:
         """Fraction of examples whose whole answer is predicted correctly under teacher forcing."""
         return float(self.answer_correct.mean()) if self.n else float("nan")
+
+    def subset(self, indices: Sequence[int]) -> "Evaluation":
+        """The evaluation of the examples at `indices` (e.g. pna.tasks.first_answer_in(examples))."""
+        rows = np.asarray(indices, dtype=np.int64)
+        if rows.ndim != 1 or rows.size == 0 or (rows < 0).any() or (rows >= self.n).any():
+            raise ValueError(f"indices: expected a non-empty list of example indices in 0..{self.n - 1}")
+        picked = {name: getattr(self, name)[rows] for name in self.__dataclass_fields__}
+        if not self.has_channel_mean:
+            picked["channel_mean_entropy"] = self.channel_mean_entropy
+        return Evaluation(**picked)
 
     def save(self, path: str | Path) -> Path:
         """Write every array to one .npz file; returns the path."""
@@ -167,3 +178,28 @@ def evaluate(
     if any(chunk.size == 0 for chunk in parts["channel_mean_entropy"]):
         parts["channel_mean_entropy"] = [np.zeros(0)]
     return Evaluation(**{name: np.concatenate(chunks) for name, chunks in parts.items()})
+
+
+def faithful_summary(evaluation: Evaluation, analysed: Sequence[int]) -> dict:
+    """The faithful protocol's numbers of one SSM evaluation made with protocol="faithful" on the original's mixed
+    test split (make_split("parity", "test", protocol="faithful")): r, threshold lag with its default counts and
+    cross-correlations (pna.analysis.faithful_metrics of the channel-mean entropy in bits) and the original's halt
+    F1 over the `analysed` examples (the original: pna.tasks.first_answer_in, n = 791), and the teacher-forced
+    first-answer accuracy over the whole split. Raises ValueError for an evaluation without a channel-mean state
+    (the Transformer's faithful r is pna.analysis.probe.answer_entropy_r)."""
+    if not evaluation.has_channel_mean:
+        raise ValueError("evaluation: has no channel-mean entropy (evaluate an SSM that returns channel_mean)")
+    sub = evaluation.subset(analysed)
+    metrics = faithful_metrics(sub.channel_mean_entropy, sub.halt_logits, sub.result_pos, sub.lengths)
+    f1 = faithful_halt_f1(sub.halt_logits, sub.result_pos)
+    return {**metrics.to_dict(), "n_analysed": sub.n, "halt_f1": f1.f1,
+            "first_answer_accuracy": evaluation.first_answer_accuracy, "n_split": evaluation.n}
+
+
+def definitions_side_by_side(evaluation: Evaluation, n_boot: int = 10_000, seed: int = 0) -> SideBySide:
+    """r and tau of one SSM evaluation under both protocols (pna.analysis.side_by_side): the corrected statistics
+    of its state entropy and the original's of its channel-mean entropy in bits."""
+    if not evaluation.has_channel_mean:
+        raise ValueError("evaluation: has no channel-mean entropy (evaluate an SSM that returns channel_mean)")
+    return side_by_side(evaluation.entropy, evaluation.channel_mean_entropy, evaluation.halt_logits,
+                        evaluation.result_pos, evaluation.lengths, n_boot=n_boot, seed=seed)

@@ -218,3 +218,26 @@ def test_original_generation_set_pools_400_in_distribution_and_100_ood() -> None
     assert set(bits[:400]) == set(range(2, 9)) and set(bits[400:]) == {9, 10}
     assert examples[0].text.startswith("<BOS>Input:01011 ")  # the first draw of random.Random(2024)
     assert max(len(prompt_ids(ex)) for ex in examples) + ORIGINAL_MAX_NEW_TOKENS <= 256  # fits the 256 positions
+
+
+def test_faithful_summary_and_both_definitions_of_one_evaluation() -> None:
+    from pna.evaluate import definitions_side_by_side, faithful_summary
+
+    split = make_split("parity", "test", n=60, protocol="faithful")
+    examples = list({tuple(ex.ids[:3]): ex for ex in split}.values())[:12]
+    ev = evaluate(PerfectModel(examples, n_state=4), examples, max_len=64, protocol="faithful")
+    kept = first_answer_in(examples)
+    assert 0 < len(kept) < len(examples)  # the mixed split holds answers that do not start with 0 or 1
+    summary = faithful_summary(ev, kept)
+    assert summary["n_analysed"] == len(kept) and summary["n_split"] == len(examples)
+    assert summary["first_answer_accuracy"] == 1.0
+    # the stub's halt logit is 0 everywhere: q = 0.5 never exceeds 0.5, so hr = L for every example, and the
+    # entropy rises (never halves), so sc = L too: tau = 0, and the halt F1 has no predicted positive (F1 0)
+    assert summary["tau"]["n_hr_default"] == summary["tau"]["n_sc_default"] == summary["n"] == len(kept)
+    assert summary["tau"]["mean"] == 0.0 and summary["halt_f1"] == 0.0
+    both = definitions_side_by_side(ev, n_boot=20).to_dict()
+    assert both["faithful"]["n"] == len(examples) and both["corrected"]["tau"]["n_no_crossing"] == len(examples)
+    with pytest.raises(ValueError, match="^evaluation:"):
+        faithful_summary(evaluate(PerfectModel(examples), examples, max_len=64, protocol="faithful"), kept)
+    with pytest.raises(ValueError, match="^indices:"):
+        ev.subset([len(examples)])
