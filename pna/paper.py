@@ -45,14 +45,6 @@ PAPER_NUMBERS: tuple[PaperNumber, ...] = (
         "protocol='faithful') filtered by pna.tasks.first_answer_in",
     ),
     PaperNumber(
-        "ssm_r_spread", "-0.836 ... -0.123 (7 runs)", None, 7,
-        "The original's own spread of runs that are gradient-identical to E_ssm (every beta = 0.1 run: alpha and "
-        "gamma carry no gradient there): r = " + ", ".join(f"{v:g}" for v in ORIGINAL_BETA_01_SPREAD) + ". Across "
-        "its whole alpha x beta grid r ran from -0.79 to +0.80 while tau stayed in [-2.5, -1.6]. The headline "
-        "-0.836 is the best of these; a reproduction reports a distribution over seeds beside this spread.",
-        "pna.analysis.seed_distribution over the seeds' faithful mean r",
-    ),
-    PaperNumber(
         "transformer_r", "-0.07 (CE-only); -0.17 / -0.11 halt-trained", -0.07, 791,
         "NOT the SSM's statistic (Phase 8, entropy_halt_correlation.py): group A (CE only, so its halt head is "
         "untrained); a linear probe 320 -> 2 (Adam 1e-3, 10 epochs) predicts the answer from the post-LayerNorm "
@@ -68,14 +60,6 @@ PAPER_NUMBERS: tuple[PaperNumber, ...] = (
         "(median -2, std 0.93). tau < 0 reads as 'the halt signal leads'. The 16-dim entropy rarely halves, so sc "
         "is mostly the default L, and the 0.5 labels at rp-2, rp-1 put hr near L - 2: -2 by construction.",
         "pna.analysis.faithful_metrics (tau, n_sc_default, n_hr_default)",
-    ),
-    PaperNumber(
-        "xcorr_peaks", "levels 0, derivatives -2 (original axis)", None, 791,
-        "Cross-correlation of E_ssm (scipy correlate / n of z-scored series, mean over examples): levels argmin at "
-        "lag 0 (c = -0.836); derivatives corr(-dSE, dq) argmax at lag -2 (c = 0.578). On the original's axis a "
-        "positive lag means the halt signal leads, so its derivative peak at -2 has the state entropy leading; "
-        "on DESIGN's axis (negative: the halt signal leads) these are 0 and +2.",
-        "pna.analysis.faithful_metrics (raw_peak_lag, deriv_peak_lag; lead_* on DESIGN's axis)",
     ),
     PaperNumber(
         "sorting_r", "-0.45", -0.45, 1000,
@@ -124,12 +108,33 @@ PAPER_NUMBERS: tuple[PaperNumber, ...] = (
     ),
 )
 
+# Figures that give context to the rows (the report's notes, not rows of its first table).
+CONTEXT_NUMBERS: tuple[PaperNumber, ...] = (
+    PaperNumber(
+        "ssm_r_spread", "-0.836 ... -0.123 (7 runs)", None, 7,
+        "The original's own spread of runs that are gradient-identical to E_ssm (every beta = 0.1 run: alpha and "
+        "gamma carry no gradient there): r = " + ", ".join(f"{v:g}" for v in ORIGINAL_BETA_01_SPREAD) + ". Across "
+        "its whole alpha x beta grid r ran from -0.79 to +0.80 while tau stayed in [-2.5, -1.6]. The headline "
+        "-0.836 is the best of these; a reproduction reports a distribution over seeds beside this spread.",
+        "pna.analysis.seed_distribution over the seeds' faithful mean r",
+    ),
+    PaperNumber(
+        "xcorr_peaks", "levels 0, derivatives -2 (original axis)", None, 791,
+        "Cross-correlation of E_ssm (scipy correlate / n of z-scored series, mean over examples): levels argmin at "
+        "lag 0 (c = -0.836); derivatives corr(-dSE, dq) argmax at lag -2 (c = 0.578). On the original's axis a "
+        "positive lag means the halt signal leads, so its derivative peak at -2 has the state entropy leading; "
+        "on DESIGN's axis (negative: the halt signal leads) these are 0 and +2.",
+        "pna.analysis.faithful_metrics (raw_peak_lag, deriv_peak_lag; lead_* on DESIGN's axis)",
+    ),
+)
+
 ROW_KEYS: tuple[str, ...] = tuple(number.key for number in PAPER_NUMBERS)
+CONTEXT_KEYS: tuple[str, ...] = tuple(number.key for number in CONTEXT_NUMBERS)
 
 
 def paper_number(key: str) -> PaperNumber:
-    """The published figure for one report row; raises ValueError for an unknown key."""
-    for number in PAPER_NUMBERS:
+    """The published figure for one report row or context key; raises ValueError for an unknown key."""
+    for number in PAPER_NUMBERS + CONTEXT_NUMBERS:
         if number.key == key:
             return number
-    raise ValueError(f"key: unknown paper number {key!r}; expected one of {', '.join(ROW_KEYS)}")
+    raise ValueError(f"key: unknown paper number {key!r}; expected one of {', '.join(ROW_KEYS + CONTEXT_KEYS)}")

@@ -437,12 +437,12 @@ def test_phase8_probe_statistic_on_a_model_that_reveals_its_answer():
 
 
 def test_paper_numbers_name_what_they_measured():
-    from pna.paper import ORIGINAL_BETA_01_SPREAD, ROW_KEYS, paper_number
+    from pna.paper import CONTEXT_KEYS, ORIGINAL_BETA_01_SPREAD, ROW_KEYS, paper_number
 
     assert ORIGINAL_BETA_01_SPREAD[0] == paper_number("ssm_r").value == min(ORIGINAL_BETA_01_SPREAD)
     assert "probe" in paper_number("transformer_r").note and "NOT the SSM's statistic" in paper_number("transformer_r").note
     assert "POOLING" in paper_number("free_generation_accuracy").note and "88.4" in paper_number("free_generation_accuracy").text
-    assert all(paper_number(key).ours for key in ROW_KEYS)  # every number has our function of the same definition
+    assert all(paper_number(key).ours for key in ROW_KEYS + CONTEXT_KEYS)  # our function of the same definition
     spread = seed_distribution(list(ORIGINAL_BETA_01_SPREAD))
     assert (spread["min"], spread["max"], spread["n"]) == (-0.836, -0.123, 7)
     with pytest.raises(ValueError, match="^key:"):
