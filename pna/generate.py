@@ -10,9 +10,16 @@ per step through ``model.init_cache`` / ``model.step``. A sequence stops at the 
 * "max_len": the sequence reached ``max_len`` tokens.
 
 "Tokens saved" compares each sequence's length at stop with running every sequence to ``max_len``.
+
+The original work's free generation (its generate.py / eval_generation.py) is available as options:
+max_new_tokens=200 (each sequence stops after 200 generated tokens), halt_threshold=0.95 for halt-trained models
+(None for CE-only ones, which it ran without the halt stop), parse="lenient" (its parse_output: the first
+"Result:0"/"Result:1", else the last "=0"/"=1" after the input, else the last 0 or 1 after it), on the 400
+in-distribution + 100 out-of-distribution inputs of pna.tasks.original.original_generation_examples, pooled.
 """
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
@@ -24,6 +31,9 @@ from pna.tokenizer import TOKENIZER
 
 STOP_REASONS = ("halt", "eos", "confidence", "max_len")
 HALT_STOPS = ("halt", "confidence")
+PARSES = ("strict", "lenient")
+# The original's generation budget: new tokens per sequence.
+ORIGINAL_MAX_NEW_TOKENS = 200
 
 
 @dataclass
@@ -40,6 +50,27 @@ class Generation:
     stop_reason: str
     answer: str | None
     result_pos: int
+
+    @property
+    def lenient_answer(self) -> str | None:
+        """The original's lenient parse of this generation (see lenient_parity_answer)."""
+        return lenient_parity_answer(TOKENIZER.decode(self.ids), TOKENIZER.decode(self.ids[: self.prompt_len]))
+
+
+def lenient_parity_answer(text: str, prompt: str) -> str | None:
+    """The original's parse_output for parity: the digit of the first "Result:0" / "Result:1" anywhere in text;
+    else, in the text after the prompt's "Input:<bits>", the digit of the last "=0" / "=1"; else the last 0 or 1
+    there; else None. text: the whole decoded sequence (prompt included); prompt: the decoded prompt."""
+    match = re.search(r"Result:([01])", text)
+    if match:
+        return match[1]
+    marker = prompt.split(" ")[0].removeprefix("<BOS>")
+    section = text.split(marker, 1)[-1] if marker and marker in text else text
+    for pattern in (r"=([01])", r"([01])"):
+        found = re.findall(pattern, section)
+        if found:
+            return found[-1]
+    return None
 
 
 @dataclass
@@ -103,13 +134,15 @@ def greedy_generate(
     max_len: int,
     halt_threshold: float | None = 0.95,
     device: torch.device | str = "cpu",
+    max_new_tokens: int | None = None,
 ) -> list[Generation]:
     """Decode every prompt greedily in one batch (prompts may differ in length).
 
     model: has init_cache(batch_size) and step(token_ids (B,), cache) -> StepOutput(logits (B, V),
     halt_logits (B,), entropy (B,)), the cache being updated in place; prompts: P lists of token ids, each
-    non-empty and shorter than max_len; halt_threshold: stop when q exceeds it (None: never stop on q).
-    Returns P Generations in prompt order.
+    non-empty and shorter than max_len; halt_threshold: stop when q exceeds it (None: never stop on q);
+    max_new_tokens: also stop a sequence after this many generated tokens (None: only max_len; the original: 200,
+    with max_len >= the longest prompt + 200). Returns P Generations in prompt order.
     """
     if not prompts:
         raise ValueError("prompts: empty")
@@ -117,9 +150,12 @@ def greedy_generate(
         raise ValueError(f"max_len: must be >= 2, got {max_len}")
     if halt_threshold is not None and not 0.0 < halt_threshold < 1.0:
         raise ValueError(f"halt_threshold: must lie in (0, 1) or be None, got {halt_threshold}")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens: must be >= 1 or None, got {max_new_tokens}")
     for i, prompt in enumerate(prompts):
         if not 0 < len(prompt) < max_len:
             raise ValueError(f"prompts: prompt {i} has {len(prompt)} tokens; need 1..{max_len - 1}")
+    limits = [max_len if max_new_tokens is None else min(max_len, len(p) + max_new_tokens) for p in prompts]
     model.eval()
     seqs = [list(p) for p in prompts]
     reasons: list[str | None] = [None] * len(seqs)
@@ -142,7 +178,7 @@ def greedy_generate(
                 reasons[b] = "eos"
             elif halt_threshold is not None and q[b] > halt_threshold:
                 reasons[b] = "confidence"
-            elif len(seqs[b]) >= max_len:
+            elif len(seqs[b]) >= limits[b]:
                 reasons[b] = "max_len"
     results = []
     for prompt, seq, reason in zip(prompts, seqs, reasons):
@@ -151,12 +187,16 @@ def greedy_generate(
     return results
 
 
-def answer_correct(generations: Sequence[Generation], examples: Sequence[Example]) -> list[bool]:
-    """Per example: did the generation write the reference answer after "Result:"?"""
+def answer_correct(generations: Sequence[Generation], examples: Sequence[Example], parse: str = "strict") -> list[bool]:
+    """Per example: did the generation give the reference answer? parse "strict": the text written after the
+    generated "Result:" equals it; "lenient": the original's parse (Generation.lenient_answer, parity only)."""
     if len(generations) != len(examples) or not generations:
         raise ValueError(f"generations: need one per example and at least one, got {len(generations)} for "
                          f"{len(examples)} examples")
-    return [g.answer is not None and g.answer == ex.answer for g, ex in zip(generations, examples)]
+    if parse not in PARSES:
+        raise ValueError(f"parse: expected one of {PARSES}, got {parse!r}")
+    answers = [g.answer if parse == "strict" else g.lenient_answer for g in generations]
+    return [a is not None and a == ex.answer for a, ex in zip(answers, examples)]
 
 
 def summarize_generations(
@@ -164,9 +204,11 @@ def summarize_generations(
     examples: Sequence[Example],
     max_len: int,
     halt_threshold: float | None,
+    parse: str = "strict",
 ) -> GenerationSummary:
-    """Answer accuracy, halting accuracy and tokens saved of generations against their reference examples."""
-    correct = sum(answer_correct(generations, examples))
+    """Answer accuracy (under `parse`, see answer_correct), halting accuracy and tokens saved of generations
+    against their reference examples."""
+    correct = sum(answer_correct(generations, examples, parse))
     halted = sum(g.stop_reason in HALT_STOPS and g.result_pos >= 0 for g in generations)
     saved = [max_len - len(g.ids) for g in generations]
     budget = sum(max_len - g.prompt_len for g in generations)
@@ -191,12 +233,18 @@ def free_generation(
     halt_threshold: float | None = 0.95,
     batch_size: int = 64,
     device: torch.device | str = "cpu",
+    max_new_tokens: int | None = None,
+    parse: str = "strict",
 ) -> tuple[GenerationSummary, list[Generation]]:
-    """Generate from every example's prompt (``prompt_ids``) in batches and summarise against the examples."""
+    """Generate from every example's prompt (``prompt_ids``) in batches and summarise against the examples.
+
+    The original's protocol: max_new_tokens=ORIGINAL_MAX_NEW_TOKENS, parse="lenient", halt_threshold 0.95 (None
+    for CE-only models), on pna.tasks.original.original_generation_examples() (module docstring)."""
     if batch_size < 1:
         raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
     generations: list[Generation] = []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
-        generations += greedy_generate(model, [prompt_ids(ex) for ex in chunk], max_len, halt_threshold, device)
-    return summarize_generations(generations, examples, max_len, halt_threshold), generations
+        generations += greedy_generate(model, [prompt_ids(ex) for ex in chunk], max_len, halt_threshold, device,
+                                       max_new_tokens)
+    return summarize_generations(generations, examples, max_len, halt_threshold, parse), generations

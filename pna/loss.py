@@ -7,8 +7,11 @@ Two modes:
   differentiable.
 - "faithful": the original work computed its energy and entropy terms under no_grad, so they add a constant to
   the loss and contribute no gradient at all; training is then CE + beta * BCE whatever alpha and gamma are.
-  This mode keeps that behaviour for reproduction (same E and S values, detached).
-Valid tokens (for E, S and BCE) are halt_mask: non-PAD positions up to and including HALT.
+  This mode keeps that behaviour for reproduction (same E and S values, detached), and takes the halt BCE as the
+  original did: the mean over ALL B x L positions, PAD included, against the labels in the batch (the faithful
+  loader labels PAD 1, see pna.tasks.TaskDataset).
+Valid tokens (for E, S and, in the corrected mode, BCE) are halt_mask: non-PAD positions up to and including
+HALT. CE ignores PAD targets (-100) in both modes.
 """
 from __future__ import annotations
 
@@ -78,7 +81,7 @@ def thermodynamic_loss(
     mask = batch["halt_mask"]
     ce = F.cross_entropy(logits.float().flatten(0, 1), batch["targets"].flatten(), ignore_index=-100)
     bce_terms = F.binary_cross_entropy_with_logits(halt_logits.float(), batch["halt_labels"].float(), reduction="none")
-    bce = _masked_mean(bce_terms, mask)
+    bce = bce_terms.mean() if mode == "faithful" else _masked_mean(bce_terms, mask)
     with torch.set_grad_enabled(torch.is_grad_enabled() and mode == "corrected"):
         energy = expected_compute(halt_logits, mask)
         state_entropy = _masked_mean(entropy.float(), mask)

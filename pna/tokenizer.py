@@ -5,6 +5,11 @@ and "keep" are single tokens: spelled out letter by letter, the bubble-sort trac
 158 tokens, over the 128-token budget of the sorting task; as words it takes at most 113. Every other token is one
 character, and the vocabulary holds only the characters the tasks write (digits, A-F, space, + - ^ = < >), so
 no character sequence spells a special or a word: encode(decode(ids)) == ids for every id sequence.
+
+ORIGINAL_TOKENIZER holds the original work's 25-token vocabulary in its id order (specials, "Input:", "Result:",
+digits and + - * = ^ ( ) , space): it writes parity, two-operand arithmetic and arithmetic chains (not sorting,
+which the original ran with its own vocabulary), and a model built with its vocab_size has the original's exact
+parameter count (the embedding and the LM head scale with the vocabulary).
 """
 from __future__ import annotations
 
@@ -13,15 +18,24 @@ from collections.abc import Iterable
 SPECIAL_TOKENS = ("<PAD>", "<BOS>", "<EOS>", "<HALT>")
 WORD_TOKENS = ("Input:", "Result:", "swap", "keep")
 CHARACTERS = "0123456789ABCDEF +-^=<>"
+SHARED_VOCAB: tuple[str, ...] = SPECIAL_TOKENS + WORD_TOKENS + tuple(CHARACTERS)
+ORIGINAL_VOCAB: tuple[str, ...] = SPECIAL_TOKENS + ("Input:", "Result:") + tuple("0123456789+-*=^(), ")
 
 
 class CharTokenizer:
-    """Maps text to token ids and back; PAD is id 0."""
+    """Maps text to token ids and back; PAD is id 0.
 
-    def __init__(self) -> None:
-        self.vocab: tuple[str, ...] = SPECIAL_TOKENS + WORD_TOKENS + tuple(CHARACTERS)
+    vocab: the tokens in id order (default SHARED_VOCAB); it must start with the four specials and hold
+    "Input:" and "Result:". Tokens longer than one character (specials and words) are matched first."""
+
+    def __init__(self, vocab: tuple[str, ...] = SHARED_VOCAB) -> None:
+        if tuple(vocab[:4]) != SPECIAL_TOKENS or "Input:" not in vocab or "Result:" not in vocab:
+            raise ValueError(f"vocab: expected {SPECIAL_TOKENS} first and 'Input:', 'Result:' inside, got {vocab!r}")
+        if len(set(vocab)) != len(vocab):
+            raise ValueError("vocab: tokens must be distinct")
+        self.vocab: tuple[str, ...] = tuple(vocab)
         self._ids = {tok: i for i, tok in enumerate(self.vocab)}
-        self._words = SPECIAL_TOKENS + WORD_TOKENS
+        self._words = tuple(tok for tok in self.vocab if len(tok) > 1)
         self.pad_id = self._ids["<PAD>"]
         self.bos_id = self._ids["<BOS>"]
         self.eos_id = self._ids["<EOS>"]
@@ -61,3 +75,4 @@ class CharTokenizer:
 
 
 TOKENIZER = CharTokenizer()
+ORIGINAL_TOKENIZER = CharTokenizer(ORIGINAL_VOCAB)

@@ -7,10 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from pna.analysis import energy_entropy_bits
 from pna.evaluate import Evaluation, evaluate
-from pna.generate import free_generation, greedy_generate, prompt_ids, summarize_generations
+from pna.generate import (ORIGINAL_MAX_NEW_TOKENS, Generation, answer_correct, free_generation, greedy_generate,
+                          lenient_parity_answer, prompt_ids, summarize_generations)
 from pna.models import build_model
-from pna.tasks import make_split
+from pna.tasks import first_answer_in, make_split
+from pna.tasks.original import original_generation_examples
 from pna.tokenizer import TOKENIZER
 
 MAX_LEN = 64
@@ -73,8 +76,9 @@ def test_evaluation_save_load_roundtrip(tmp_path) -> None:
 class PerfectModel(torch.nn.Module):
     """Teacher-forced stub that predicts every next token of the given examples exactly (so accuracy is 1)."""
 
-    def __init__(self, examples, wrong_answer: bool = False) -> None:
+    def __init__(self, examples, wrong_answer: bool = False, n_state: int = 0) -> None:
         super().__init__()
+        self.n_state = n_state
         self.by_prefix = {}
         for ex in examples:
             ids = list(ex.ids)
@@ -82,14 +86,19 @@ class PerfectModel(torch.nn.Module):
                 ids[ex.result_pos + 1] = TOKENIZER.encode("7")[0]
             self.by_prefix[tuple(ex.ids[:3])] = ids
 
-    def forward(self, input_ids: torch.Tensor) -> SimpleNamespace:
+    def forward(self, input_ids: torch.Tensor, return_channel_mean: bool = False) -> SimpleNamespace:
         b, length = input_ids.shape
         logits = torch.zeros(b, length, TOKENIZER.vocab_size)
         for i in range(b):
             ids = self.by_prefix[tuple(input_ids[i, :3].tolist())]
-            for p in range(len(ids) - 1):
+            for p in range(min(len(ids), length + 1) - 1):
                 logits[i, p, ids[p + 1]] = 1.0
-        return SimpleNamespace(logits=logits, halt_logits=torch.zeros(b, length), entropy=torch.ones(b, length))
+        channel_mean = None
+        if return_channel_mean and self.n_state:  # a state whose energy spreads as the position grows
+            channel_mean = (torch.arange(self.n_state)[None, None, :] <= torch.arange(length)[None, :, None]).float()
+            channel_mean = channel_mean.expand(b, length, self.n_state)
+        return SimpleNamespace(logits=logits, halt_logits=torch.zeros(b, length), entropy=torch.ones(b, length),
+                               channel_mean=channel_mean)
 
 
 def test_teacher_forced_accuracy_counts_answers() -> None:
@@ -99,6 +108,24 @@ def test_teacher_forced_accuracy_counts_answers() -> None:
     assert right.token_accuracy == 1.0 and right.answer_correct.all()
     wrong = evaluate(PerfectModel(examples, wrong_answer=True), examples, max_len=MAX_LEN)
     assert not wrong.answer_correct.any() and wrong.token_accuracy < 1.0
+    assert right.first_answer_correct.all() and not wrong.first_answer_correct.any()
+    assert (right.first_answer_accuracy, wrong.first_answer_accuracy) == (1.0, 0.0)
+
+
+def test_faithful_layout_teacher_forced_first_answer_and_channel_mean_entropy() -> None:
+    """The original's mixed test split, filtered as it was, in its layout (63 positions); the channel-mean state
+    is asked for and turned into the original's entropy in bits."""
+    split = make_split("parity", "test", n=60, protocol="faithful")
+    examples = list({tuple(ex.ids[:3]): ex for ex in (split[i] for i in first_answer_in(split))}.values())[:10]
+    model = PerfectModel(examples, n_state=4)
+    ev = evaluate(model, examples, max_len=64, protocol="faithful")
+    assert ev.entropy.shape == (len(examples), 63) and ev.first_answer_accuracy == 1.0
+    assert ev.has_channel_mean
+    want = energy_entropy_bits(np.minimum(np.arange(63)[:, None] >= np.arange(4)[None, :], 1).astype(float))
+    np.testing.assert_allclose(ev.channel_mean_entropy, np.broadcast_to(want, ev.entropy.shape), atol=1e-9)
+    assert ev.channel_mean_entropy[0, -1] == pytest.approx(2.0, abs=1e-6)  # four equal entries: 2 bits
+    assert (ev.halt_labels[~ev.halt_mask & (np.arange(63) > ev.result_pos[:, None])] == 1.0).all()  # PAD is 1
+    assert not evaluate(PerfectModel(examples), examples, max_len=64, protocol="faithful").has_channel_mean
 
 
 def test_prompt_is_bos_input_bits_space() -> None:
@@ -151,3 +178,66 @@ def test_free_generation_on_untrained_model_runs_and_bad_input_raises() -> None:
         greedy_generate(model, [prompt_ids(examples[0])], max_len=1)
     with pytest.raises(ValueError, match="halt_threshold"):
         greedy_generate(model, [prompt_ids(examples[0])], max_len=MAX_LEN, halt_threshold=1.5)
+
+
+@pytest.mark.parametrize("generated,answer", [
+    ("1^0=1 1^1=0 Result:0<HALT>", "0"),       # the structured answer
+    ("1^0=1 1^1=0 Result:<HALT>", "0"),        # no digit after Result: -> the last "=d"
+    ("1^0=1 1^1=0 Result:7", "0"),             # a non-binary answer -> the last "=d"
+    ("1^0 1^1 0", "0"),                        # no "=d" -> the last 0/1 after the input
+    ("+++", None),                             # nothing to parse (the input's own digits are not read)
+    ("Result:1 1^0=0", "1"),                   # the first Result:d wins over later steps
+], ids=["result", "last-eq", "non-binary-result", "last-digit", "none", "first-result"])
+def test_lenient_parse_cases(generated, answer) -> None:
+    prompt = "<BOS>Input:101 "
+    assert lenient_parity_answer(prompt + generated, prompt) == answer
+
+
+def test_lenient_parse_counts_answers_the_strict_parse_misses() -> None:
+    prompt = TOKENIZER.encode("<BOS>Input:101 ")
+    gen = Generation(prompt + TOKENIZER.encode("1^0=1 1^1=0 Result:<HALT>"), len(prompt), "halt", "", 14)
+    ex = SimpleNamespace(answer="0")
+    assert answer_correct([gen], [ex]) == [False] and answer_correct([gen], [ex], parse="lenient") == [True]
+    with pytest.raises(ValueError, match="^parse:"):
+        answer_correct([gen], [ex], parse="loose")
+
+
+def test_max_new_tokens_bounds_each_sequence() -> None:
+    prompts = [TOKENIZER.encode("<BOS>Input:1 "), TOKENIZER.encode("<BOS>Input:1011 ")]
+    gens = greedy_generate(ScriptedModel("1111111111111", prompts), prompts, max_len=60, max_new_tokens=5)
+    assert [len(g.ids) - g.prompt_len for g in gens] == [5, 5] and {g.stop_reason for g in gens} == {"max_len"}
+    assert ORIGINAL_MAX_NEW_TOKENS == 200
+    with pytest.raises(ValueError, match="^max_new_tokens:"):
+        greedy_generate(ScriptedModel("1", prompts), prompts, max_len=60, max_new_tokens=0)
+
+
+def test_original_generation_set_pools_400_in_distribution_and_100_ood() -> None:
+    examples = original_generation_examples()
+    bits = [ex.meta["n_bits"] for ex in examples]
+    assert len(examples) == 500 and [ex.meta["ood"] for ex in examples] == [False] * 400 + [True] * 100
+    assert set(bits[:400]) == set(range(2, 9)) and set(bits[400:]) == {9, 10}
+    assert examples[0].text.startswith("<BOS>Input:01011 ")  # the first draw of random.Random(2024)
+    assert max(len(prompt_ids(ex)) for ex in examples) + ORIGINAL_MAX_NEW_TOKENS <= 256  # fits the 256 positions
+
+
+def test_faithful_summary_and_both_definitions_of_one_evaluation() -> None:
+    from pna.evaluate import definitions_side_by_side, faithful_summary
+
+    split = make_split("parity", "test", n=60, protocol="faithful")
+    examples = list({tuple(ex.ids[:3]): ex for ex in split}.values())[:12]
+    ev = evaluate(PerfectModel(examples, n_state=4), examples, max_len=64, protocol="faithful")
+    kept = first_answer_in(examples)
+    assert 0 < len(kept) < len(examples)  # the mixed split holds answers that do not start with 0 or 1
+    summary = faithful_summary(ev, kept)
+    assert summary["n_analysed"] == len(kept) and summary["n_split"] == len(examples)
+    assert summary["first_answer_accuracy"] == 1.0
+    # the stub's halt logit is 0 everywhere: q = 0.5 never exceeds 0.5, so hr = L for every example, and the
+    # entropy rises (never halves), so sc = L too: tau = 0, and the halt F1 has no predicted positive (F1 0)
+    assert summary["tau"]["n_hr_default"] == summary["tau"]["n_sc_default"] == summary["n"] == len(kept)
+    assert summary["tau"]["mean"] == 0.0 and summary["halt_f1"] == 0.0
+    both = definitions_side_by_side(ev, n_boot=20).to_dict()
+    assert both["faithful"]["n"] == len(examples) and both["corrected"]["tau"]["n_no_crossing"] == len(examples)
+    with pytest.raises(ValueError, match="^evaluation:"):
+        faithful_summary(evaluate(PerfectModel(examples), examples, max_len=64, protocol="faithful"), kept)
+    with pytest.raises(ValueError, match="^indices:"):
+        ev.subset([len(examples)])

@@ -52,7 +52,15 @@ def test_parts_match_hand_computation():
     want = ce + 0.3 * parts["energy"] + 0.7 * parts["bce"] + 0.2 * ent
     assert parts["total"] == pytest.approx(want, rel=1e-6) and float(loss.detach()) == pytest.approx(want, rel=1e-6)
     _, faithful = thermodynamic_loss(logits, halt, entropy, batch, alpha=0.3, beta=0.7, gamma=0.2, mode="faithful")
-    assert faithful == pytest.approx(parts, rel=1e-6)  # same values; only the gradient differs
+    # faithful: E and S the same values (without gradient); BCE the mean over all B x L = 10 positions
+    all_bce = [-(y * math.log(q) + (1 - y) * math.log(1 - q))
+               for x, y in zip(halt.detach().flatten().tolist(), batch["halt_labels"].flatten().tolist())
+               for q in [1 / (1 + math.exp(-x))]]
+    assert faithful["bce"] == pytest.approx(sum(all_bce) / 10, rel=1e-6) != pytest.approx(parts["bce"])
+    same = {k: faithful[k] for k in ("ce", "energy", "entropy")}
+    assert same == pytest.approx({k: parts[k] for k in same}, rel=1e-6)
+    want_faithful = ce + 0.3 * parts["energy"] + 0.7 * faithful["bce"] + 0.2 * ent
+    assert faithful["total"] == pytest.approx(want_faithful, rel=1e-6)
 
 
 def _halt_grad(alpha, gamma, mode):
@@ -66,8 +74,9 @@ def test_energy_has_gradient_in_corrected_mode_only():
     base, _ = _halt_grad(0.0, 0.0, "corrected")
     corrected, _ = _halt_grad(0.5, 0.0, "corrected")
     faithful, _ = _halt_grad(0.5, 0.0, "faithful")
+    faithful_base, _ = _halt_grad(0.0, 0.0, "faithful")
     assert (corrected - base).abs().max() > 1e-3  # the energy term moves the halt logits
-    assert torch.equal(faithful, base)  # faithful: a constant, no gradient at all
+    assert torch.equal(faithful, faithful_base)  # faithful: a constant, no gradient at all
     assert (corrected - base)[~tiny_batch()[3]["halt_mask"]].abs().max() == 0  # masked positions untouched
     assert ((corrected - base)[tiny_batch()[3]["halt_mask"]] < 0).all()  # raising q lowers expected compute
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pna.models import build_model
-from pna.tokenizer import TOKENIZER
+from pna.tokenizer import ORIGINAL_TOKENIZER, TOKENIZER
 
 V = TOKENIZER.vocab_size
 TINY = {"ssm": {"d_model": 32, "n_layers": 2, "d_state": 8},
@@ -18,6 +18,32 @@ def faithful_count(vocab: int, d: int = 512, layers: int = 6, n: int = 16, k: in
     embeddings, final LayerNorm, LM head (+bias); the halt MLP N -> 64 -> 1."""
     layer = 2 * d + (d * 2 * d + 2 * d) + (d * k + d) + (d * 2 * n + 2 * n) + d * n + d + (d * d + d)
     return vocab * d + max_len * d + layers * layer + 2 * d + (d * vocab + vocab) + (n * 64 + 64 + 64 + 1)
+
+
+def faithful_transformer_count(vocab: int, d: int = 320, layers: int = 4, ff: int = 4, max_len: int = 256) -> int:
+    """The original Transformer's parameters by hand: per layer two LayerNorms, attention in/out projections with
+    biases, the feed-forward d -> ff*d -> d with biases; embeddings, final LayerNorm, LM head with bias, the halt
+    MLP d -> 64 -> 1."""
+    layer = 2 * 2 * d + (3 * d * d + 3 * d) + (d * d + d) + (d * ff * d + ff * d) + (ff * d * d + d)
+    return vocab * d + max_len * d + layers * layer + 2 * d + (d * vocab + vocab) + (d * 64 + 64 + 64 + 1)
+
+
+@pytest.mark.parametrize("arch,count", [("ssm", 5_058_906), ("transformer", 5_051_034)],
+                         ids=["faithful-ssm", "faithful-transformer"])
+def test_faithful_parameter_counts_at_the_original_vocabulary(arch, count):
+    """At the original's 25-token vocabulary both faithful variants have exactly the original's reported counts."""
+    assert ORIGINAL_TOKENIZER.vocab_size == 25
+    by_hand = {"ssm": faithful_count, "transformer": faithful_transformer_count}[arch](25)
+    assert build_model(arch, ORIGINAL_TOKENIZER.vocab_size, "faithful").num_parameters() == by_hand == count
+
+
+def test_faithful_transformer_dropout_acts_only_in_training():
+    model = build_model("transformer", V, "faithful", d_model=32, n_layers=2, n_heads=4)
+    ids = torch.randint(1, V, (2, 9), generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    train_a, train_b = model.train()(ids).logits, model(ids).logits
+    eval_a, eval_b = model.eval()(ids).logits, model(ids).logits
+    assert not torch.equal(train_a, train_b) and torch.equal(eval_a, eval_b)
 
 
 def test_parameter_counts():
@@ -33,7 +59,10 @@ def test_parameter_counts():
     assert build_model("ssm", 25, "faithful").num_parameters() == faithful_count(25) == 5_058_906
 
 
-@pytest.mark.parametrize("arch,variant", [("ssm", "default"), ("ssm", "faithful"), ("transformer", "default")])
+ARCH_VARIANTS = [("ssm", "default"), ("ssm", "faithful"), ("transformer", "default"), ("transformer", "faithful")]
+
+
+@pytest.mark.parametrize("arch,variant", ARCH_VARIANTS, ids=["-".join(p) for p in ARCH_VARIANTS])
 def test_every_layer_yields_entropy_and_halt(arch, variant):
     model = build_model(arch, V, variant, **TINY[arch])
     ids = torch.randint(1, V, (3, 17), generator=torch.Generator().manual_seed(0))
@@ -44,13 +73,13 @@ def test_every_layer_yields_entropy_and_halt(arch, variant):
     assert torch.equal(out.entropy, out.layer_entropy[-1])
     assert torch.isfinite(out.entropy).all() and (out.entropy >= 0).all()
     out.halt_logits.sum().backward()  # the model's halt logit is differentiable in its own head and the trunk
-    head = {"default": "blocks.1.halt_weight", "faithful": "halt_mlp.0.weight"}.get(variant) if arch == "ssm" \
-        else "halt_head.weight"
+    head = {("ssm", "default"): "blocks.1.halt_weight", ("ssm", "faithful"): "halt_mlp.0.weight",
+            ("transformer", "default"): "halt_head.weight", ("transformer", "faithful"): "halt_head.0.weight"}[arch, variant]
     params = dict(model.named_parameters())
     assert params[head].grad.abs().sum() > 0 and params["embed.weight"].grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("arch,variant", [("ssm", "default"), ("ssm", "faithful"), ("transformer", "default")])
+@pytest.mark.parametrize("arch,variant", ARCH_VARIANTS, ids=["-".join(p) for p in ARCH_VARIANTS])
 def test_decoding_step_by_step_matches_forward(arch, variant):
     torch.manual_seed(0)
     model = build_model(arch, V, variant, **TINY[arch]).eval()
@@ -69,7 +98,9 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="^arch:"):
         build_model("rnn", V)
     with pytest.raises(ValueError, match="^variant:"):
-        build_model("transformer", V, "faithful")
+        build_model("transformer", V, "original")
+    with pytest.raises(ValueError, match="^halt_hidden:"):
+        build_model("transformer", V, halt_hidden=-1)
     with pytest.raises(ValueError, match="^overrides:"):
         build_model("ssm", V, d_modle=8)
     with pytest.raises(ValueError, match="^input_ids:"):

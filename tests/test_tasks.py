@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from pna.tasks import MAX_LEN, TASKS, example_from_text, halt_labels, make_loader, make_split
+from pna.tasks import (MAX_LEN, ORIGINAL_MAX_LEN, TASKS, TaskDataset, example_from_text, first_answer_in, halt_labels,
+                       make_loader, make_split)
 from pna.tasks.arithmetic import chain_text
 from pna.tasks.parity import parity_text, two_operand_text
 from pna.tasks.partition import PARTITION_MIN_SIZE, split_of
@@ -274,3 +275,63 @@ def test_distributed_loader_uses_a_distributed_sampler(tmp_path):
         assert sum(len(b["lengths"]) for b in loader) == 10
     finally:
         dist.destroy_process_group()
+
+
+# ---- the faithful protocol: the original's generators, draw for draw ----
+
+def test_faithful_formats_follow_the_original():
+    """Two-operand arithmetic carries its worked step; sorting letters are spaced; chains start 1-9."""
+    mixed = make_split("parity", "train", n=200, protocol="faithful")
+    arith = [e for e in mixed if e.meta["kind"] == "two_operand"]
+    assert arith and all(re.fullmatch(r"<BOS>Input:(\d+[+-]\d+) \1=(-?\d+) Result:\2<HALT><EOS>", e.text)
+                         for e in arith)
+    sorting = make_split("sorting", "test", n=50, protocol="faithful")
+    assert all(re.match(r"<BOS>Input:[A-F]( [A-F]){2,5} [A-F][<>=][A-F] (swap|keep)", e.text) for e in sorting)
+    chains = make_split("arithmetic", "test", n=300, protocol="faithful")
+    starts = {int(re.match(r"<BOS>Input:(\d)", e.text)[1]) for e in chains}
+    values = [int(v) for e in chains for v in re.findall(r"=(\d+)", e.text)]
+    assert starts == set(range(1, 10)) and min(values) == 0 and max(values) > 9
+    assert {e.meta["n_ops"] for e in chains} == set(range(2, 9))
+
+
+def test_faithful_test_split_filtered_to_first_answer_0_or_1_is_the_originals_n_791():
+    """The original's mixed 70/30 test split (seed 456) kept 791 examples: 703 parity + 88 arithmetic."""
+    test = make_split("parity", "test", protocol="faithful")
+    kept = [test[i] for i in first_answer_in(test)]
+    kinds = [e.meta["kind"] for e in kept]
+    assert len(test) == 1000 and len(kept) == 791
+    assert kinds.count("parity") == 703 and kinds.count("two_operand") == 88
+    assert all(e.answer[0] in "01" for e in kept)
+    # the corrected test split stays pure parity
+    assert {e.meta["kind"] for e in make_split("parity", "test", n=100)} == {"parity"}
+
+
+def test_faithful_chain_test_split_truncation_rates():
+    """The original padded/truncated chains to 64 tokens: on its 2-8-operation test split 26.4% of examples are
+    truncated and 22.4% lose "Result:" from the 63 positions the model reads (their rp is clamped to 62)."""
+    chains = make_split("arithmetic", "test", protocol="faithful")
+    data = TaskDataset(chains, ORIGINAL_MAX_LEN["arithmetic"], "faithful")
+    truncated = sum(len(e.ids) > 64 for e in chains)
+    lost = int((data.input_ids == TOKENIZER.result_id).any(dim=1).logical_not().sum())
+    assert (truncated, lost) == (264, 224)
+    assert data.input_ids.shape == (1000, 63) and int(data.result_pos.max()) == 62
+
+
+def test_faithful_layout_labels_pad_as_one_and_reads_max_len_minus_one_positions():
+    ex = example_from_text(parity_text("10"))  # <BOS> Input: 1 0 ' ' 1 ^ 0 = 1 ' ' Result: 1 <HALT> <EOS>
+    assert ex.result_pos == 11 and len(ex.ids) == 15
+    faithful = TaskDataset([ex], 17, "faithful")[0]
+    corrected = TaskDataset([ex], 17)[0]
+    assert faithful["input_ids"].shape == (16,) and corrected["input_ids"].shape == (17,)
+    want = [0.0] * 9 + [0.5, 0.5] + [1.0] * 5  # 1 from rp on, through HALT, EOS and the PAD position
+    assert faithful["halt_labels"].tolist() == want
+    assert corrected["halt_labels"].tolist() == want[:15] + [0.0, 0.0]
+    assert faithful["targets"].tolist() == corrected["targets"].tolist()[:16]
+    assert faithful["halt_mask"].tolist() == corrected["halt_mask"].tolist()[:16]
+
+
+def test_protocol_is_checked():
+    with pytest.raises(ValueError, match="^protocol:"):
+        make_split("parity", "test", n=2, protocol="original")
+    with pytest.raises(ValueError, match="^protocol:"):
+        TaskDataset(make_split("parity", "test", n=2), 64, "original")

@@ -5,9 +5,10 @@ label == 1 (the answer has been reached); the two 0.5 positions count as negativ
 tokens early is penalised. A token is predicted positive when q = sigmoid(halt logit) > 0.5.
 
 Positions: the main F1/AUROC use halt_mask, the non-PAD positions up to and including HALT, i.e. every position
-before EOS. f1_with_pad counts every position including PAD, as the original work did, so that the effect of that
-choice can be shown next to it (it is not a metric to compare models by). F1 pools all positions of all examples
-(micro average).
+before EOS. faithful_halt_f1 (reported as f1_with_pad) is the original work's halt F1: q > 0.5 at EVERY position
+of the padded sequence, positives t >= rp (so EOS and PAD count as positives, the 0.5-label positions rp-2 and
+rp-1 as negatives), shown next to the main F1 so the effect of that choice is visible. F1 pools all positions of
+all examples (micro average).
 """
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
 class HaltingResult:
     """Halt metrics of n examples.
 
-    before_eos: F1 over halt_mask positions; with_pad: F1 over every position (the original protocol). auroc:
+    before_eos: F1 over halt_mask positions; with_pad: faithful_halt_f1 (the original protocol). auroc:
     over halt_mask positions, scored by the halt logit (no sigmoid saturation ties). stop_error (n_crossed,):
     first t in halt_mask with q > 0.5, minus rp, for the examples that cross; early / exact / late: stop_error
     < 0 / == 0 / > 0, never: no crossing before EOS; the four rates are fractions of n and sum to 1.
@@ -116,10 +117,23 @@ class HaltingResult:
         }
 
 
+def faithful_halt_f1(halt_logits: np.ndarray, result_pos: np.ndarray) -> F1Score:
+    """The original's halt F1 (its compute_halt_f1 / evaluate_halt_transfer): predicted q = sigmoid(halt_logits)
+    > 0.5 at every position of (n, L), positive t >= rp for rp = result_pos (n,), pooled over all n x L positions.
+    """
+    logits = check_float_matrix(halt_logits, "halt_logits")
+    n, width = logits.shape
+    rp = check_int_vector(result_pos, "result_pos", n)
+    if (rp < 0).any():
+        raise ValueError("result_pos: every rp must be >= 0")
+    positive = np.arange(width)[None, :] >= rp[:, None]
+    return binary_f1(halt_confidence(logits) > HALT_THRESHOLD, positive)
+
+
 def halting_metrics(
     halt_logits: np.ndarray, halt_labels: np.ndarray, halt_mask: np.ndarray, result_pos: np.ndarray
 ) -> HaltingResult:
-    """F1 (before EOS and, as the original, over PAD too), AUROC and stop error of the halt head.
+    """F1 (before EOS and the original's faithful_halt_f1), AUROC and stop error of the halt head.
 
     halt_logits, halt_labels: (n, L) float; halt_mask: (n, L) bool, True at non-PAD positions up to and including
     HALT; result_pos: (n,) int with halt_mask[i, rp_i] True. Labels under halt_mask must be 0, 0.5 or 1; labels
@@ -145,7 +159,7 @@ def halting_metrics(
     return HaltingResult(
         n=n,
         before_eos=binary_f1(predicted[mask], positive[mask]),
-        with_pad=binary_f1(predicted, positive),
+        with_pad=faithful_halt_f1(logits, rp),
         auroc=auroc(logits[mask], positive[mask]),
         stop_error=stop_error,
         early_rate=float((stop_error < 0).sum() / n),

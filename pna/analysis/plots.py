@@ -75,7 +75,7 @@ def plot_cross_correlation(
     title: str = "",
 ) -> Path:
     """Cross-correlation c(tau) of z(entropy) and z(q) against lag tau (k,), optionally with the curve of the first
-    differences (k,). tau < 0: the state entropy leads the halt signal."""
+    differences (k,). tau < 0: the halt signal leads the state entropy (see pna.analysis.lag)."""
     lags = np.asarray(lags)
     curves = [("levels", np.asarray(c, dtype=np.float64))]
     if c_differenced is not None:
@@ -90,7 +90,7 @@ def plot_cross_correlation(
     ax.axhline(0, color="grey", lw=0.8)
     ax.axvline(0, color="grey", lw=0.8, ls="--")
     ax.set_xticks(lags)
-    ax.set_xlabel("lag tau (tau < 0: state entropy leads)")
+    ax.set_xlabel("lag tau (tau < 0: halt signal leads)")
     ax.set_ylabel("c(tau) = mean z(SE)[l] z(HC)[l - tau]")
     ax.legend(fontsize=8)
     ax.set_title(title or "entropy / halt-confidence cross-correlation")

@@ -3,6 +3,11 @@
 Its "state entropy" is the energy entropy of the last block's hidden vector x_t (before the final LayerNorm):
 p = x_t^2 / sum x_t^2 over the d_model entries, H = -sum p log p, the same definition the SSM uses over its
 recurrent state.
+
+The "faithful" variant (FAITHFUL_TRANSFORMER in pna.models) is the original work's Transformer: dropout 0.1 on the
+embeddings, the attention weights and the feed-forward (after GELU and after its output projection), an LM head
+with bias, 256 positions and a halt MLP d_model -> 64 -> ReLU -> 1 on the final (post-LayerNorm) hidden state;
+5,051,034 parameters at the original 25-token vocabulary.
 """
 from __future__ import annotations
 
@@ -20,7 +25,10 @@ from .common import ModelOutput, StepOutput, num_parameters
 @dataclass
 class TransformerConfig:
     """Sizes of the GPT baseline (defaults: 4,993,601 parameters with the shared 31-token vocabulary; the
-    original's 5.05M also counted an MLP halt head 320 -> 64 -> 1, an LM-head bias and 256 positions)."""
+    original's 5.05M also counted an MLP halt head 320 -> 64 -> 1, an LM-head bias and 256 positions).
+
+    dropout: on the embeddings, attention weights and feed-forward (training only); head_bias: the LM head has a
+    bias; halt_hidden: 0 for a linear halt head d_model -> 1, else an MLP d_model -> halt_hidden -> ReLU -> 1."""
 
     vocab_size: int
     d_model: int = 320
@@ -29,6 +37,8 @@ class TransformerConfig:
     ff_mult: int = 4
     max_len: int = 128
     dropout: float = 0.0
+    head_bias: bool = False
+    halt_hidden: int = 0
 
 
 class Block(nn.Module):
@@ -44,7 +54,8 @@ class Block(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.ln2 = nn.LayerNorm(cfg.d_model)
         self.mlp = nn.Sequential(
-            nn.Linear(cfg.d_model, cfg.ff_mult * cfg.d_model), nn.GELU(), nn.Linear(cfg.ff_mult * cfg.d_model, cfg.d_model)
+            nn.Linear(cfg.d_model, cfg.ff_mult * cfg.d_model), nn.GELU(), nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.ff_mult * cfg.d_model, cfg.d_model), nn.Dropout(cfg.dropout),
         )
         self.dropout = cfg.dropout
 
@@ -68,9 +79,13 @@ class TransformerLM(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos = nn.Embedding(cfg.max_len, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.embed_dropout = nn.Dropout(cfg.dropout)
         self.norm_f = nn.LayerNorm(cfg.d_model)
-        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        self.halt_head = nn.Linear(cfg.d_model, 1)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.head_bias)
+        if cfg.halt_hidden < 0:
+            raise ValueError(f"halt_hidden: expected 0 (linear head) or a positive width, got {cfg.halt_hidden}")
+        self.halt_head = nn.Linear(cfg.d_model, 1) if cfg.halt_hidden == 0 else nn.Sequential(
+            nn.Linear(cfg.d_model, cfg.halt_hidden), nn.ReLU(), nn.Linear(cfg.halt_hidden, 1))
 
     def num_parameters(self) -> int:
         """Number of trainable parameters."""
@@ -81,7 +96,7 @@ class TransformerLM(nn.Module):
         length = input_ids.shape[1]
         if length > self.cfg.max_len:
             raise ValueError(f"input_ids: length {length} exceeds the model's max_len {self.cfg.max_len}")
-        x = self.embed(input_ids) + self.pos.weight[:length]
+        x = self.embed_dropout(self.embed(input_ids) + self.pos.weight[:length])
         entropies, halts = [], []
         for block in self.blocks:
             x = block(x)
