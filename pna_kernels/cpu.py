@@ -44,7 +44,8 @@ def _build() -> tuple[ModuleType | None, str | None]:
     """(extension, None) once the kernels are built, or (None, why not); tried once per process."""
     missing = [name for name in SOURCES if not (SOURCE_DIR / name).is_file()]
     if missing:
-        return None, f"its C++ sources {missing} are not in {SOURCE_DIR} (reinstall pna: pip install -e . from a source checkout)"
+        return None, (f"its C++ sources {missing} are not in {SOURCE_DIR} "
+                      "(reinstall pna: pip install -e . from a source checkout)")
     try:
         module = jit.load(EXTENSION_NAME, [str(SOURCE_DIR / name) for name in SOURCES],
                           extra_cflags=list(COMPILE_FLAGS), extra_ldflags=["-fopenmp"], verbose=False)

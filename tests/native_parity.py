@@ -21,7 +21,8 @@ from pna_kernels.testing import assert_close_rel
 PUBLIC_OUTPUTS = ("out", "entropy", "halt_logits", "last_state", "channel_mean")
 
 
-def scan_args(x: dict[str, Tensor | None], softplus: bool, chunk_size: int, with_channel_mean: bool = True) -> ScanArgs:
+def scan_args(x: dict[str, Tensor | None], softplus: bool, chunk_size: int,
+              with_channel_mean: bool = True) -> ScanArgs:
     """Contract inputs from random_scan_inputs(..., grouped_bc=True): parameters absent there become zeros."""
     batch, dim, length = x["u"].shape
     dstate, cdt = x["A"].shape[1], compute_dtype(x["u"].dtype)
@@ -135,3 +136,25 @@ def assert_decode_loop_matches_scan(forward: Callable[[ScanArgs], ScanResult],
         assert_close_rel(name, torch.stack([getattr(s, name) for s in steps], -1), getattr(full, name), rtol)
     assert_close_rel("channel_mean", torch.stack([s.channel_mean for s in steps], 1), full.channel_mean, rtol)
     assert_close_rel("last_state", state, full.last_state, rtol)
+
+
+def run_scan(forward: Callable[[ScanArgs], ScanResult], backward: Callable[..., ScanGrads], args: ScanArgs,
+             cot: ScanCotangents) -> tuple[ScanResult, ScanGrads]:
+    """One forward and backward of a backend."""
+    result = forward(args)
+    return result, backward(args, result.saved, cot)
+
+
+def assert_bitwise_equal(first: tuple, second: tuple) -> None:
+    """Two tuples of contract dataclasses (e.g. run_scan's) hold bitwise-equal tensors, field by field."""
+    for a, b in zip(first, second):
+        for field in dataclasses.fields(a):
+            x, y = getattr(a, field.name), getattr(b, field.name)
+            assert (x is None and y is None) or torch.equal(x, y), field.name
+
+
+def assert_repeats_bitwise(forward: Callable[[ScanArgs], ScanResult], backward: Callable[..., ScanGrads],
+                           args: ScanArgs) -> None:
+    """Two runs of a backend's forward and backward give bitwise-equal outputs and gradients."""
+    cot = scan_cotangents(args)
+    assert_bitwise_equal(run_scan(forward, backward, args, cot), run_scan(forward, backward, args, cot))

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from native_parity import (
-    assert_decode_loop_matches_scan, assert_scan_matches_oracle, assert_state_update_matches_oracle, scan_args, scan_cotangents, state_update_args,
+    assert_bitwise_equal, assert_decode_loop_matches_scan, assert_scan_matches_oracle,
+    assert_state_update_matches_oracle, run_scan, scan_args, scan_cotangents, state_update_args,
     with_non_finite_state,
 )
 from pna_kernels import cpu, jit, reference
@@ -128,24 +129,16 @@ def test_raw_entry_points_name_bad_arguments():
 def test_bitwise_deterministic_for_any_thread_count():
     args = make_args(2, 40, 90, 16, 2, torch.float32)
     cot = scan_cotangents(args)
-
-    def run():
-        fwd = cpu.scan_forward(args)
-        return fwd, cpu.scan_backward(args, fwd.saved, cot)
-
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        first, second = run(), run()
+        first, second = (run_scan(cpu.scan_forward, cpu.scan_backward, args, cot) for _ in range(2))
         torch.set_num_threads(1)
-        single = run()
+        single = run_scan(cpu.scan_forward, cpu.scan_backward, args, cot)
     finally:
         torch.set_num_threads(threads)
-    for other in (second, single):
-        for got, want in zip(other, first):
-            for field in dataclasses.fields(want):
-                g, w = getattr(got, field.name), getattr(want, field.name)
-                assert (g is None and w is None) or torch.equal(g, w), field.name
+    assert_bitwise_equal(second, first)
+    assert_bitwise_equal(single, first)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
