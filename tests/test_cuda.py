@@ -18,17 +18,16 @@ import os
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import pna_kernels
 from native_parity import (
     assert_decode_loop_matches_scan, assert_repeats_bitwise, assert_scan_matches_oracle,
-    assert_state_update_matches_oracle, scan_args, state_update_args, with_non_finite_state,
+    assert_state_update_matches_oracle, scan_args, scan_inputs, state_update_args, with_non_finite_state,
 )
 from pna_kernels import cuda as cuda_backend
 from pna_kernels import jit
 from pna_kernels.backends import backend_module
-from pna_kernels.testing import RTOL, random_scan_inputs
+from pna_kernels.testing import RTOL
 
 COMPILED_TRITON = os.environ.get("TRITON_INTERPRET") != "1"
 
@@ -38,18 +37,9 @@ def gpu(test):
     return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")(test))
 
 
-def make_inputs(batch: int, dim: int, length: int, dstate: int, groups: int, grouped: bool, with_z: bool,
-                with_init: bool, softplus: bool, dtype: torch.dtype = torch.float32) -> dict:
-    """random_scan_inputs on the GPU, with positive deltas when the op does not apply softplus itself, and B, C in
-    the contract's grouped (batch, G, N, L) form."""
-    x = random_scan_inputs(batch, dim, length, dstate, groups=groups, dtype=dtype, device="cuda",
-                           seed=length + dim + dstate, with_z=with_z, with_initial_state=with_init,
-                           grouped_bc=grouped)
-    if not softplus:
-        x["delta"] = F.softplus(x["delta"].double()).to(dtype)
-    if not grouped:
-        x["B"], x["C"] = x["B"][:, None], x["C"][:, None]
-    return x
+def make_inputs(*shape, dtype: torch.dtype = torch.float32) -> dict:
+    """scan_inputs on the GPU."""
+    return scan_inputs(*shape, dtype=dtype, device="cuda")
 
 
 def check_scan(x: dict, softplus: bool, backend=cuda_backend, with_channel_mean: bool = True):
