@@ -105,6 +105,8 @@ def scan_backward(args: ScanArgs, saved: ScanSaved, cot: ScanCotangents) -> Scan
     cdt = compute_dtype(args.u.dtype)
     native = dataclasses.replace(args, **_activations_in(cdt, args, ACTIVATIONS))
     native_cot = ScanCotangents(**_activations_in(cdt, cot, tuple(f.name for f in dataclasses.fields(cot))))
+    if not args.with_channel_mean:  # unread: the empty tensor the kernels expect, whatever was passed
+        native_cot = dataclasses.replace(native_cot, grad_channel_mean=torch.empty(0, dtype=cdt))
     grads = extension().scan_backward(native, saved, native_cot, torch.get_num_threads())
     for name in ACTIVATIONS:
         if grads[name] is not None:
