@@ -44,7 +44,8 @@ def _build() -> tuple[ModuleType | None, str | None]:
     """(extension, None) once the kernels are built, or (None, why not); tried once per process."""
     missing = [name for name in SOURCES if not (SOURCE_DIR / name).is_file()]
     if missing:
-        return None, f"its C++ sources {missing} are not in {SOURCE_DIR} (reinstall pna: pip install -e . from a source checkout)"
+        return None, (f"its C++ sources {missing} are not in {SOURCE_DIR} "
+                      "(reinstall pna: pip install -e . from a source checkout)")
     try:
         module = jit.load(EXTENSION_NAME, [str(SOURCE_DIR / name) for name in SOURCES],
                           extra_cflags=list(COMPILE_FLAGS), extra_ldflags=["-fopenmp"], verbose=False)
@@ -104,6 +105,8 @@ def scan_backward(args: ScanArgs, saved: ScanSaved, cot: ScanCotangents) -> Scan
     cdt = compute_dtype(args.u.dtype)
     native = dataclasses.replace(args, **_activations_in(cdt, args, ACTIVATIONS))
     native_cot = ScanCotangents(**_activations_in(cdt, cot, tuple(f.name for f in dataclasses.fields(cot))))
+    if not args.with_channel_mean:  # unread: the empty tensor the kernels expect, whatever was passed
+        native_cot = dataclasses.replace(native_cot, grad_channel_mean=torch.empty(0, dtype=cdt))
     grads = extension().scan_backward(native, saved, native_cot, torch.get_num_threads())
     for name in ACTIVATIONS:
         if grads[name] is not None:

@@ -116,10 +116,12 @@ def scan_forward(args: ScanArgs) -> ScanResult:
 def scan_backward(args: ScanArgs, saved: ScanSaved, cot: ScanCotangents) -> ScanGrads:
     """Fused backward: the gradient of every tensor input, in its shape and dtype (z None when z is None). The
     cotangents are cast here to what the kernels read: grad_out in u's dtype, the others float32."""
+    grad_mean = (cot.grad_channel_mean if args.with_channel_mean
+                 else torch.empty(0, dtype=torch.float32, device=args.u.device))  # unread, on the kernels' device
     kernel_cot = ScanCotangents(
         grad_out=cot.grad_out.to(args.u.dtype).contiguous(),
-        **{name: getattr(cot, name).float().contiguous()
-           for name in ("grad_entropy", "grad_halt", "grad_last_state", "grad_channel_mean")},
+        grad_channel_mean=grad_mean.float().contiguous(),
+        **{name: getattr(cot, name).float().contiguous() for name in ("grad_entropy", "grad_halt", "grad_last_state")},
     )
     return ScanGrads(**extension().scan_backward(args, saved, kernel_cot))
 

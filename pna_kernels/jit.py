@@ -13,6 +13,7 @@ import contextlib
 import os
 import subprocess
 import time
+import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import Iterator
@@ -24,6 +25,8 @@ except ImportError:  # not POSIX: no flock, so leftover locks are left to torch
 
 # The longest another process's build is waited for (a cold CUDA build takes a few minutes on a small machine).
 LOCK_WAIT_SECONDS = 900.0
+# After this long a waiting build says once what it waits for (the guard file to delete if no build is running).
+LOCK_WARN_SECONDS = 10.0
 GUARD_NAME = "pna_build.flock"
 TORCH_LOCK_NAME = "lock"  # the file torch.utils.file_baton creates in the build directory
 
@@ -53,17 +56,22 @@ def exclusive_build(directory: Path, wait_seconds: float | None = None) -> Itera
     guard = directory / GUARD_NAME
     fd = os.open(guard, os.O_CREAT | os.O_RDWR, 0o644)
     try:
-        deadline = time.monotonic() + wait_seconds
+        start = time.monotonic()
+        warned = False
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if time.monotonic() >= deadline:
+                waited = time.monotonic() - start
+                if not warned and waited >= LOCK_WARN_SECONDS:
+                    warnings.warn(f"waiting for another process that is building in {directory} (it holds {guard})",
+                                  stacklevel=3)
+                    warned = True
+                if waited >= wait_seconds:
                     raise BuildLockTimeout(
-                        f"another process has been building in {directory} for over {wait_seconds:.0f} s "
-                        f"(it holds {guard}); if no build is running, delete {guard} and "
-                        f"{directory / TORCH_LOCK_NAME}"
+                        f"waited {wait_seconds:.0f} s for another process building in {directory} (it holds "
+                        f"{guard}); if no build is running, delete {guard} and {directory / TORCH_LOCK_NAME}"
                     ) from None
                 time.sleep(0.2)
         with contextlib.suppress(FileNotFoundError):

@@ -10,25 +10,45 @@ import dataclasses
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from pna_kernels.contract import (
     ScanArgs, ScanCotangents, ScanGrads, ScanResult, StateUpdateArgs, StateUpdateResult, fields_of, tensor_fields,
 )
 from pna_kernels.reference import compute_dtype, selective_scan_ref, selective_state_update_ref
-from pna_kernels.testing import assert_close_rel
+from pna_kernels.testing import assert_close_rel, random_scan_inputs
 
 PUBLIC_OUTPUTS = ("out", "entropy", "halt_logits", "last_state", "channel_mean")
 
 
-def scan_args(x: dict[str, Tensor | None], softplus: bool, chunk_size: int, with_channel_mean: bool = True) -> ScanArgs:
+def scan_inputs(batch: int, dim: int, length: int, dstate: int, groups: int, grouped: bool, with_z: bool,
+                with_init: bool, softplus: bool, dtype: torch.dtype = torch.float32,
+                device: str | torch.device = "cpu") -> dict[str, Tensor | None]:
+    """random_scan_inputs (seeded by the shape) with B, C in the contract's grouped (batch, G, N, L) form (an
+    ungrouped draw gets G = 1); without softplus, delta and delta_bias are made positive so the scan stays
+    stable."""
+    x = random_scan_inputs(batch, dim, length, dstate, groups=groups, dtype=dtype, device=device,
+                           seed=length + dim + dstate, with_z=with_z, with_initial_state=with_init,
+                           grouped_bc=grouped)
+    if not softplus:
+        x["delta"] = F.softplus(x["delta"].double()).to(dtype)
+        x["delta_bias"] = x["delta_bias"].abs()
+    if not grouped:
+        x["B"], x["C"] = x["B"][:, None], x["C"][:, None]
+    return x
+
+
+def scan_args(x: dict[str, Tensor | None], softplus: bool, chunk_size: int,
+              with_channel_mean: bool = True) -> ScanArgs:
     """Contract inputs from random_scan_inputs(..., grouped_bc=True): parameters absent there become zeros."""
     batch, dim, length = x["u"].shape
     dstate, cdt = x["A"].shape[1], compute_dtype(x["u"].dtype)
     zeros = {"D": (dim,), "delta_bias": (dim,), "halt_weight": (dim, dstate), "halt_bias": (),
              "initial_state": (batch, dim, dstate)}
-    values = {n: (torch.zeros(zeros[n], dtype=cdt, device=x["u"].device) if x.get(n) is None and n in zeros else x.get(n))
-              for n in tensor_fields(ScanArgs)}
+    values = {n: x.get(n) for n in tensor_fields(ScanArgs)}
+    values.update({n: torch.zeros(shape, dtype=cdt, device=x["u"].device)
+                   for n, shape in zeros.items() if values[n] is None})
     values = {n: None if v is None else v.contiguous() for n, v in values.items()}
     return ScanArgs(**values, delta_softplus=softplus, with_channel_mean=with_channel_mean, chunk_size=chunk_size)
 
@@ -135,3 +155,25 @@ def assert_decode_loop_matches_scan(forward: Callable[[ScanArgs], ScanResult],
         assert_close_rel(name, torch.stack([getattr(s, name) for s in steps], -1), getattr(full, name), rtol)
     assert_close_rel("channel_mean", torch.stack([s.channel_mean for s in steps], 1), full.channel_mean, rtol)
     assert_close_rel("last_state", state, full.last_state, rtol)
+
+
+def run_scan(forward: Callable[[ScanArgs], ScanResult], backward: Callable[..., ScanGrads], args: ScanArgs,
+             cot: ScanCotangents) -> tuple[ScanResult, ScanGrads]:
+    """One forward and backward of a backend."""
+    result = forward(args)
+    return result, backward(args, result.saved, cot)
+
+
+def assert_bitwise_equal(first: tuple, second: tuple) -> None:
+    """Two tuples of contract dataclasses (e.g. run_scan's) hold bitwise-equal tensors, field by field."""
+    for a, b in zip(first, second):
+        for field in dataclasses.fields(a):
+            x, y = getattr(a, field.name), getattr(b, field.name)
+            assert (x is None and y is None) or torch.equal(x, y), field.name
+
+
+def assert_repeats_bitwise(forward: Callable[[ScanArgs], ScanResult], backward: Callable[..., ScanGrads],
+                           args: ScanArgs) -> None:
+    """Two runs of a backend's forward and backward give bitwise-equal outputs and gradients."""
+    cot = scan_cotangents(args)
+    assert_bitwise_equal(run_scan(forward, backward, args, cot), run_scan(forward, backward, args, cot))

@@ -16,10 +16,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from native_parity import (
-    assert_decode_loop_matches_scan, assert_scan_matches_oracle, assert_state_update_matches_oracle, scan_args, scan_cotangents, state_update_args,
+    assert_bitwise_equal, assert_decode_loop_matches_scan, assert_scan_matches_oracle,
+    assert_state_update_matches_oracle, run_scan, scan_args, scan_cotangents, scan_inputs, state_update_args,
     with_non_finite_state,
 )
 from pna_kernels import cpu, jit, reference
@@ -35,13 +35,8 @@ pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is No
 def make_args(batch: int, dim: int, length: int, dstate: int, groups: int, dtype: torch.dtype, *,
               with_z: bool = True, with_init: bool = True, softplus: bool = True, with_channel_mean: bool = True,
               chunk_size: int = cpu.CHUNK_SIZE):
-    """Contract inputs from random_scan_inputs; without softplus, delta and delta_bias are made positive so the
-    scan stays stable."""
-    x = random_scan_inputs(batch, dim, length, dstate, groups=groups, dtype=dtype, seed=length + dim,
-                           with_z=with_z, with_initial_state=with_init)
-    if not softplus:
-        x["delta"] = F.softplus(x["delta"].double()).to(dtype)
-        x["delta_bias"] = x["delta_bias"].abs()
+    """Contract inputs from scan_inputs (grouped B/C)."""
+    x = scan_inputs(batch, dim, length, dstate, groups, True, with_z, with_init, softplus, dtype)
     return scan_args(x, softplus, chunk_size, with_channel_mean)
 
 
@@ -128,38 +123,28 @@ def test_raw_entry_points_name_bad_arguments():
 def test_bitwise_deterministic_for_any_thread_count():
     args = make_args(2, 40, 90, 16, 2, torch.float32)
     cot = scan_cotangents(args)
-
-    def run():
-        fwd = cpu.scan_forward(args)
-        return fwd, cpu.scan_backward(args, fwd.saved, cot)
-
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        first, second = run(), run()
+        first, second = (run_scan(cpu.scan_forward, cpu.scan_backward, args, cot) for _ in range(2))
         torch.set_num_threads(1)
-        single = run()
+        single = run_scan(cpu.scan_forward, cpu.scan_backward, args, cot)
     finally:
         torch.set_num_threads(threads)
-    for other in (second, single):
-        for got, want in zip(other, first):
-            for field in dataclasses.fields(want):
-                g, w = getattr(got, field.name), getattr(want, field.name)
-                assert (g is None and w is None) or torch.equal(g, w), field.name
+    assert_bitwise_equal(second, first)
+    assert_bitwise_equal(single, first)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 @pytest.mark.parametrize("groups,with_z,softplus", [(1, True, True), (2, False, False), (2, True, True)],
                          ids=["gate", "2-groups-no-softplus", "2-groups-gate"])
 def test_state_update_matches_oracle(dtype, groups, with_z, softplus):
-    x = random_scan_inputs(3, 10, 2, 16, groups=groups, dtype=dtype, seed=3, with_z=with_z)
-    if not softplus:
-        x["delta"] = F.softplus(x["delta"].double()).to(dtype)
+    x = scan_inputs(3, 10, 2, 16, groups, True, with_z, True, softplus, dtype)
     assert_state_update_matches_oracle(cpu.state_update, state_update_args(x, 1, softplus), RTOL[dtype])
 
 
 def test_decode_loop_reproduces_the_scan():
-    x = random_scan_inputs(2, 6, 9, 4, groups=2, dtype=torch.float64, seed=1)
+    x = scan_inputs(2, 6, 9, 4, 2, True, True, True, True, torch.float64)
     assert_decode_loop_matches_scan(cpu.scan_forward, cpu.state_update, x, cpu.CHUNK_SIZE, RTOL[torch.float64])
 
 

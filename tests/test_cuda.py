@@ -18,17 +18,16 @@ import os
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import pna_kernels
 from native_parity import (
-    assert_decode_loop_matches_scan, assert_scan_matches_oracle, assert_state_update_matches_oracle, scan_args,
-    scan_cotangents, state_update_args, with_non_finite_state,
+    assert_decode_loop_matches_scan, assert_repeats_bitwise, assert_scan_matches_oracle,
+    assert_state_update_matches_oracle, scan_args, scan_inputs, state_update_args, with_non_finite_state,
 )
 from pna_kernels import cuda as cuda_backend
 from pna_kernels import jit
 from pna_kernels.backends import backend_module
-from pna_kernels.testing import RTOL, random_scan_inputs
+from pna_kernels.testing import RTOL
 
 COMPILED_TRITON = os.environ.get("TRITON_INTERPRET") != "1"
 
@@ -38,18 +37,9 @@ def gpu(test):
     return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")(test))
 
 
-def make_inputs(batch: int, dim: int, length: int, dstate: int, groups: int, grouped: bool, with_z: bool,
-                with_init: bool, softplus: bool, dtype: torch.dtype = torch.float32) -> dict:
-    """random_scan_inputs on the GPU, with positive deltas when the op does not apply softplus itself, and B, C in
-    the contract's grouped (batch, G, N, L) form."""
-    x = random_scan_inputs(batch, dim, length, dstate, groups=groups, dtype=dtype, device="cuda",
-                           seed=length + dim + dstate, with_z=with_z, with_initial_state=with_init,
-                           grouped_bc=grouped)
-    if not softplus:
-        x["delta"] = F.softplus(x["delta"].double()).to(dtype)
-    if not grouped:
-        x["B"], x["C"] = x["B"][:, None], x["C"][:, None]
-    return x
+def make_inputs(*shape, dtype: torch.dtype = torch.float32) -> dict:
+    """scan_inputs on the GPU."""
+    return scan_inputs(*shape, dtype=dtype, device="cuda")
 
 
 def check_scan(x: dict, softplus: bool, backend=cuda_backend, with_channel_mean: bool = True):
@@ -176,23 +166,12 @@ def test_every_output_element_is_written():
     assert_scan_matches_oracle(forward, backward, args, RTOL[torch.float32])
 
 
-def assert_repeats_bitwise(backend, args) -> None:
-    cot = scan_cotangents(args)
-    runs = []
-    for _ in range(2):
-        fwd = backend.scan_forward(args)
-        runs.append((fwd, backend.scan_backward(args, fwd.saved, cot)))
-    for first, second in zip(*runs):
-        for field in dataclasses.fields(first):
-            a, b = getattr(first, field.name), getattr(second, field.name)
-            assert (a is None and b is None) or torch.equal(a, b), field.name
-
-
 @gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_repeated_runs_are_bitwise_equal(dtype):
     x = make_inputs(2, 48, 150, 16, 2, True, True, True, True, dtype=dtype)
-    assert_repeats_bitwise(cuda_backend, scan_args(x, True, cuda_backend.CHUNK_SIZE))
+    assert_repeats_bitwise(cuda_backend.scan_forward, cuda_backend.scan_backward,
+                           scan_args(x, True, cuda_backend.CHUNK_SIZE))
 
 
 @gpu

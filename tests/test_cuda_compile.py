@@ -16,11 +16,10 @@ import sysconfig
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.utils import cpp_extension
 
 from native_parity import (
-    assert_scan_matches_oracle, assert_state_update_matches_oracle, scan_args, state_update_args,
+    assert_scan_matches_oracle, assert_state_update_matches_oracle, scan_args, scan_inputs, state_update_args,
     with_non_finite_state,
 )
 from pna_kernels import cuda as cuda_backend
@@ -241,14 +240,9 @@ def emulated_state_update(lib: ctypes.CDLL, a: StateUpdateArgs) -> StateUpdateRe
     return r
 
 
-def emulated_args(batch, dim, length, dstate, groups, grouped, with_z, with_init, softplus, dtype, with_mean=True):
-    x = random_scan_inputs(batch, dim, length, dstate, groups=groups, dtype=dtype, seed=length + dim + dstate,
-                           with_z=with_z, with_initial_state=with_init, grouped_bc=grouped)
-    if not softplus:
-        x["delta"] = F.softplus(x["delta"].double()).to(dtype)
-    if not grouped:  # the contract's canonical (batch, 1, N, L)
-        x["B"], x["C"] = x["B"][:, None], x["C"][:, None]
-    return scan_args(x, softplus, cuda_backend.CHUNK_SIZE, with_mean)
+def emulated_args(*shape, with_mean: bool = True) -> ScanArgs:
+    """Contract inputs of scan_inputs(*shape) (..., softplus, dtype) for the kernels' chunk size."""
+    return scan_args(scan_inputs(*shape), shape[8], cuda_backend.CHUNK_SIZE, with_mean)
 
 
 EMULATED_SCANS = {  # batch, D, L, N, G, grouped B/C, z, initial_state, softplus, dtype, channel mean
@@ -267,7 +261,8 @@ EMULATED_SCANS = {  # batch, D, L, N, G, grouped B/C, z, initial_state, softplus
 
 @pytest.mark.parametrize("shape", EMULATED_SCANS.values(), ids=EMULATED_SCANS.keys())
 def test_emulated_kernels_match_oracle(emulated, shape):
-    args = emulated_args(*shape)
+    *dims, with_mean = shape
+    args = emulated_args(*dims, with_mean=with_mean)
     assert_scan_matches_oracle(lambda a: emulated_forward(emulated, a),
                                lambda a, saved, cot: emulated_backward(emulated, a, saved, cot), args,
                                RTOL[args.u.dtype])
@@ -278,9 +273,7 @@ def test_emulated_kernels_match_oracle(emulated, shape):
     (1, 5, 256, 1, True, True, torch.float32), (2, 9, 100, 3, True, False, torch.bfloat16)],
     ids=["N16-2groups", "N4-40ch-no-softplus", "N256", "bf16-N100-3groups"])
 def test_emulated_state_update_matches_oracle(emulated, batch, dim, dstate, groups, with_z, softplus, dtype):
-    x = random_scan_inputs(batch, dim, 1, dstate, groups=groups, dtype=dtype, seed=dstate, with_z=with_z)
-    if not softplus:
-        x["delta"] = F.softplus(x["delta"].double()).to(dtype)
+    x = scan_inputs(batch, dim, 1, dstate, groups, True, with_z, True, softplus, dtype)
     assert_state_update_matches_oracle(lambda a: emulated_state_update(emulated, a),
                                        state_update_args(x, 0, softplus), RTOL[dtype])
 

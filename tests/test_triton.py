@@ -7,19 +7,17 @@ and the channels of one group several D-blocks (BLOCK_D = 2 or 1), the last one 
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import pna_kernels.triton as triton_backend
 import pna_kernels.triton.common as triton_common
 from native_parity import (
-    assert_decode_loop_matches_scan, assert_scan_matches_oracle, assert_state_update_matches_oracle, scan_args,
-    scan_cotangents, state_update_args, with_non_finite_state,
+    assert_decode_loop_matches_scan, assert_repeats_bitwise, assert_scan_matches_oracle,
+    assert_state_update_matches_oracle, scan_args, scan_inputs, state_update_args, with_non_finite_state,
 )
 from pna_kernels.testing import RTOL, random_scan_inputs
 
@@ -37,18 +35,6 @@ def small_tiles(monkeypatch):
     """BLOCK_D 2 for N = 4 and 1 for N = 16 with SMALL_CHUNK, in the scan and the decode step."""
     monkeypatch.setattr(triton_common, "SCAN_TILE_ELEMENTS", 2 * 4 * SMALL_CHUNK)
     monkeypatch.setattr(triton_common, "STATE_TILE_ELEMENTS", 2 * 4)
-
-
-def make_inputs(batch: int, dim: int, length: int, dstate: int, groups: int, grouped: bool, with_z: bool,
-                with_init: bool, softplus: bool, dtype: torch.dtype = torch.float32, device: str = "cpu") -> dict:
-    """random_scan_inputs, with positive deltas when the op does not apply softplus itself."""
-    x = random_scan_inputs(batch, dim, length, dstate, groups=groups, dtype=dtype, device=device, seed=length + dim,
-                           with_z=with_z, with_initial_state=with_init, grouped_bc=grouped)
-    if not softplus:
-        x["delta"] = F.softplus(x["delta"].double()).to(dtype)
-    if not grouped:  # the contract's canonical (batch, 1, N, L)
-        x["B"], x["C"] = x["B"][:, None], x["C"][:, None]
-    return x
 
 
 def check_scan(x: dict, softplus: bool, chunk_size: int = SMALL_CHUNK, with_channel_mean: bool = True):
@@ -75,12 +61,12 @@ SHAPES = {
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
 def test_float32_matches_oracle(small_tiles, shape):
     *dims, softplus, with_mean = shape
-    check_scan(make_inputs(*dims, softplus), softplus, with_channel_mean=with_mean)
+    check_scan(scan_inputs(*dims, softplus), softplus, with_channel_mean=with_mean)
 
 
 @interpreted
 def test_all_zero_states_have_zero_entropy_and_gradient(small_tiles):
-    x = make_inputs(2, 4, 13, 4, 2, True, True, False, True)
+    x = scan_inputs(2, 4, 13, 4, 2, True, True, False, True)
     x["u"][:, :, :10] = 0.0  # no initial state: h_t = 0 for the first 10 steps, across a chunk boundary
     result = check_scan(x, True)
     assert torch.equal(result.entropy[:, :10], torch.zeros(2, 10))
@@ -88,14 +74,14 @@ def test_all_zero_states_have_zero_entropy_and_gradient(small_tiles):
 
 @interpreted
 def test_default_tiles_with_partial_last_chunk():
-    x = make_inputs(1, 2, triton_backend.CHUNK_SIZE + 5, 4, 1, True, True, True, True)
+    x = scan_inputs(1, 2, triton_backend.CHUNK_SIZE + 5, 4, 1, True, True, True, True)
     check_scan(x, True, chunk_size=triton_backend.CHUNK_SIZE)
 
 
 @interpreted
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_low_precision_inputs_match_oracle(small_tiles, dtype):
-    check_scan(make_inputs(2, 6, 19, 4, 2, True, True, True, True, dtype=dtype), True)
+    check_scan(scan_inputs(2, 6, 19, 4, 2, True, True, True, True, dtype=dtype), True)
 
 
 def nan_filled_empty(real_empty):
@@ -108,7 +94,7 @@ def nan_filled_empty(real_empty):
 
 @interpreted
 def test_every_output_element_is_written(small_tiles, monkeypatch):
-    x = make_inputs(2, 6, 19, 4, 2, True, True, True, True)
+    x = scan_inputs(2, 6, 19, 4, 2, True, True, True, True)
     monkeypatch.setattr(torch, "empty", nan_filled_empty(torch.empty))
     assert torch.isnan(torch.empty(3)).all()
     check_scan(x, True)
@@ -119,7 +105,7 @@ def test_every_output_element_is_written(small_tiles, monkeypatch):
 def test_non_finite_state_gives_nan_entropy(value):
     """A NaN state, or one whose energy h^2 overflows float32, gives NaN entropy (never 0 or another number), in
     the scan and in the decode step; the other batch row is unaffected."""
-    args = with_non_finite_state(scan_args(make_inputs(2, 4, 3, 4, 1, True, True, True, True), True, SMALL_CHUNK),
+    args = with_non_finite_state(scan_args(scan_inputs(2, 4, 3, 4, 1, True, True, True, True), True, SMALL_CHUNK),
                                  value)
     entropy = triton_backend.scan_forward(args).entropy
     assert torch.isnan(entropy[0, 0]) and torch.isfinite(entropy[1]).all()
@@ -128,22 +114,10 @@ def test_non_finite_state_gives_nan_entropy(value):
     assert torch.isnan(entropy[0]) and torch.isfinite(entropy[1])
 
 
-def assert_repeats_bitwise(x: dict, softplus: bool, chunk_size: int) -> None:
-    args = scan_args(x, softplus, chunk_size)
-    cot = scan_cotangents(args)
-    runs = []
-    for _ in range(2):
-        fwd = triton_backend.scan_forward(args)
-        runs.append((fwd, triton_backend.scan_backward(args, fwd.saved, cot)))
-    for first, second in zip(*runs):
-        for field in dataclasses.fields(first):
-            a, b = getattr(first, field.name), getattr(second, field.name)
-            assert (a is None and b is None) or torch.equal(a, b), field.name
-
-
 @interpreted
 def test_repeated_runs_are_bitwise_equal(small_tiles):
-    assert_repeats_bitwise(make_inputs(2, 6, 19, 4, 2, True, True, True, True), True, SMALL_CHUNK)
+    assert_repeats_bitwise(triton_backend.scan_forward, triton_backend.scan_backward,
+                           scan_args(scan_inputs(2, 6, 19, 4, 2, True, True, True, True), True, SMALL_CHUNK))
 
 
 @interpreted
@@ -151,14 +125,14 @@ def test_repeated_runs_are_bitwise_equal(small_tiles):
                          ids=["N4-2groups-gate", "N16-no-softplus"])
 def test_state_update_matches_oracle(small_tiles, monkeypatch, dstate, groups, with_z, softplus):
     monkeypatch.setattr(torch, "empty", nan_filled_empty(torch.empty))
-    x = make_inputs(2, 6, 1, dstate, groups, True, with_z, True, softplus)
+    x = scan_inputs(2, 6, 1, dstate, groups, True, with_z, True, softplus)
     assert_state_update_matches_oracle(triton_backend.state_update, state_update_args(x, 0, softplus),
                                        RTOL[torch.float32])
 
 
 @interpreted
 def test_decode_loop_equals_full_scan(small_tiles):
-    x = make_inputs(2, 6, 11, 4, 2, True, True, True, True)
+    x = scan_inputs(2, 6, 11, 4, 2, True, True, True, True)
     assert_decode_loop_matches_scan(triton_backend.scan_forward, triton_backend.state_update, x, SMALL_CHUNK,
                                     RTOL[torch.float32])
 
@@ -175,7 +149,7 @@ def test_supports_says_why_not(monkeypatch):
 
 
 def test_chunk_size_must_be_a_power_of_two():
-    args = scan_args(make_inputs(1, 2, 5, 4, 1, True, False, True, True), True, 6)
+    args = scan_args(scan_inputs(1, 2, 5, 4, 1, True, False, True, True), True, 6)
     with pytest.raises(ValueError, match="chunk_size"):
         triton_backend.scan_forward(args)
 
@@ -184,6 +158,7 @@ def test_chunk_size_must_be_a_power_of_two():
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_cuda_realistic_shape_matches_oracle_and_repeats_bitwise(dtype):
-    x = make_inputs(2, 96, 300, 16, 2, True, True, True, True, dtype=dtype, device="cuda")
+    x = scan_inputs(2, 96, 300, 16, 2, True, True, True, True, dtype=dtype, device="cuda")
     check_scan(x, True, chunk_size=triton_backend.CHUNK_SIZE)
-    assert_repeats_bitwise(x, True, triton_backend.CHUNK_SIZE)
+    assert_repeats_bitwise(triton_backend.scan_forward, triton_backend.scan_backward,
+                           scan_args(x, True, triton_backend.CHUNK_SIZE))

@@ -140,6 +140,7 @@ void forward(const ForwardPointers<scalar_t>& p, const ScanDims& dims, bool delt
   }
   if (channel_mean == nullptr) return;
   const scalar_t inv_dim = scalar_t(1) / scalar_t(dims.dim);
+#pragma omp parallel for num_threads(num_threads) schedule(static)  // rows are independent; blocks added in order
   for (int64_t b = 0; b < dims.batch; ++b) {
     scalar_t* mean = channel_mean + b * L * N;
     std::fill(mean, mean + L * N, scalar_t(0));

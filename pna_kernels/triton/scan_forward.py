@@ -4,7 +4,6 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch import Tensor
 
 from .common import (
     check_chunk_size, contiguous, launch_device, linear_recurrence, load_scan_parameters, program_tile,

@@ -4,7 +4,6 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch import Tensor
 
 from .common import contiguous, launch_device, program_tile, softplus, state_blocks, x_log_x
 from ..contract import StateUpdateArgs, StateUpdateResult
