@@ -132,10 +132,10 @@ def test_example_configs_parse(path):
 @pytest.mark.parametrize("argv,message", [
     (["train", "--task", "chess"], "invalid choice"),
     (["train", "--alpha", "x"], "invalid float value"),
-    (["train", "--alpha", "-1"], "alpha: expected a finite number >= 0"),
-    (["train", "--lr", "nan"], "lr: expected a finite number > 0"),
-    (["train", "--epochs", "0"], "max_epochs: expected an integer >= 1"),
-    (["train", "--device", "gpu0"], "device: expected 'auto'"),
+    (["train", "--alpha", "-1"], "--alpha: expected a finite number >= 0"),
+    (["train", "--lr", "nan"], "--lr: expected a finite number > 0"),
+    (["train", "--epochs", "0"], "--epochs: expected an integer >= 1"),
+    (["train", "--device", "gpu0"], "--device: expected 'auto'"),
     (["train", "--config", "no/such/file.toml"], "config: cannot read no/such/file.toml"),
 ])
 def test_cli_bad_arguments(argv, message, capsys):
