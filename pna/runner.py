@@ -5,12 +5,12 @@ folder holds RUN_FILE = {"fn", "key", "config"}, and a folder is reused only whe
 Paths inside results are stored relative to the run folder / output root, so a moved or copied output folder,
 or a rerun from another working directory, resumes.
 
-    job = Job(fn="pna.sweep:train_and_evaluate", label="a0.05_b0.1_s0", config={...})   # any JSON config
+    job = Job(fn="pna.sweep:train_and_evaluate", label="a0.05_b0.1_s0", config={...}, options={"device": "cpu"})
     results = run_jobs([job, ...], root / "runs", workers=2)    # list of dicts, in job order
     data = cached_stage(root / "analysis", "ssm_parity", {"inputs": [...]}, compute)   # JSON, keyed by config
 
-* A ``Job`` runs ``fn(config: dict, run_dir: Path) -> dict`` (a JSON-able result whose paths are relative to
-  run_dir) in the folder ``<root>/<label>-<key[:12]>``. Its RESULT_FILE marks it finished; a finished job
+* A ``Job`` runs ``fn(config: dict, run_dir: Path, options: dict) -> dict`` (a JSON-able result whose paths
+  are relative to run_dir; options: how to run, e.g. the device, not part of the identity) in the folder ``<root>/<label>-<key[:12]>``. Its RESULT_FILE marks it finished; a finished job
   is read back, not rerun, so changed settings give a new folder and old numbers are never reused.
 * ``RunLock`` (a flock on LOCK_FILE) allows one writer per run folder: a second one fails at once naming the
   folder; the lock of a dead process is released by the OS and taken over.
@@ -33,7 +33,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -162,15 +162,17 @@ class RunLock:
 
 @dataclass(frozen=True)
 class Job:
-    """One unit of work: fn ("module:function", called as fn(config, run_dir) -> dict) on a JSON config.
+    """One unit of work: fn ("module:function", called as fn(config, run_dir, options) -> dict) on a JSON config.
 
     label: a readable prefix of the folder name (not part of the identity); the folder is
-    ``<label>-<key[:KEY_CHARS]>`` with key = config_key({"fn": fn, "config": config}).
+    ``<label>-<key[:KEY_CHARS]>`` with key = config_key({"fn": fn, "config": config}); options: settings of how
+    it runs that do not change its result's meaning (device, quiet), not part of the identity.
     """
 
     fn: str
     label: str
     config: Mapping[str, Any]
+    options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -183,7 +185,7 @@ class Job:
         return f"{self.label}-{self.key[:KEY_CHARS]}"
 
 
-def _resolve(fn: str) -> Callable[[dict[str, Any], Path], dict[str, Any]]:
+def _resolve(fn: str) -> Callable[[dict[str, Any], Path, dict[str, Any]], dict[str, Any]]:
     module, _, name = fn.partition(":")
     return getattr(importlib.import_module(module), name)
 
@@ -224,7 +226,7 @@ def execute(job: Job, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
             return done
         check_identity(run_dir, job.fn, {"fn": job.fn, "config": job.config}, arg=str(run_dir))
         write_identity(run_dir, job.fn, {"fn": job.fn, "config": job.config})
-        result = _resolve(job.fn)(dict(job.config), run_dir)
+        result = _resolve(job.fn)(json.loads(json.dumps(job.config)), run_dir, dict(job.options))
         atomic.write_json(run_dir / RESULT_FILE, {"key": job.key, "result": result})
     return result
 
