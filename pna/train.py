@@ -60,6 +60,7 @@ TINY_SPLITS = {"n_train": 512, "n_val": 128}
 # Config fields a resumed run may change: where it runs and is stored, how verbosely, where this invocation stops.
 NOT_RUN_DEFINING = ("device", "quiet", "stop_after_epoch", "out_dir")
 OPTIMIZERS = ("adamw", "adam")
+SCHEDULES = ("warmup_cosine", "constant")
 # Early-stopping / best-checkpoint metrics: +1 higher is better, -1 lower is better.
 EARLY_STOP = {"val_loss_total": -1, "val_loss_ce": -1, "val_token_accuracy": 1, "val_trace_accuracy": 1,
               "val_answer_accuracy": 1}
@@ -80,7 +81,8 @@ class TrainConfig:
     1000); task_kwargs: generator options of the train and val splits (e.g. {"parity_share": 1.0,
     "max_bits": 4}); device: "auto" (CUDA if available), "cpu", "cuda", "cuda:1", ...; bf16: autocast to
     bfloat16 on CUDA; stop_after_epoch: end this invocation after that epoch (a later call resumes);
-    optimizer: "adamw" or "adam" (with weight_decay as its L2 term); early_stop: the validation metric of
+    optimizer: "adamw" or "adam" (with weight_decay as its L2 term); schedule: "warmup_cosine" (linear warmup
+    over warmup_steps, then cosine to 0 at the last epoch) or "constant" (lr throughout); early_stop: the validation metric of
     early stopping and of best.pt (see EARLY_STOP); init_from: identity (e.g. the run key) of the weights a
     fine-tuning run starts from, passed to train() as init_model; freeze_halt: freeze the halt head's
     parameters (every parameter whose name contains "halt").
@@ -112,6 +114,7 @@ class TrainConfig:
     stop_after_epoch: int | None = None
     quiet: bool = False
     optimizer: str = "adamw"
+    schedule: str = "warmup_cosine"
     early_stop: str = "val_loss_total"
     init_from: str | None = None
     freeze_halt: bool = False
@@ -131,7 +134,7 @@ class TrainConfig:
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{name}: expected a table / object of fields, got {getattr(self, name)!r}")
         choices = {"task": TASKS, "arch": ARCHS, "variant": VARIANTS, "loss_mode": LOSS_MODES,
-                   "optimizer": OPTIMIZERS, "early_stop": tuple(EARLY_STOP)}
+                   "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "early_stop": tuple(EARLY_STOP)}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: expected one of {allowed}, got {getattr(self, name)!r}")
@@ -424,7 +427,11 @@ def _train_locked(cfg: TrainConfig, init_model: nn.Module | None, out: Path, ran
     optimizer_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     optimizer = optimizer_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_steps = cfg.max_epochs * len(_epoch_loader(cfg, train_examples, 1, world))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, cfg.warmup_steps, total_steps))
+    if cfg.schedule == "constant":
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                                      lambda s: warmup_cosine(s, cfg.warmup_steps, total_steps))
     progress: dict[str, Any] = {"epoch": 0, "best_score": -math.inf, "best_val": {}, "stale": 0, "history": []}
     if state is not None:
         model.load_state_dict(state["model"])

@@ -12,7 +12,7 @@ from pna import atomic, runner
 from pna.loss import LOSS_MODES
 from pna.models import ARCHS, VARIANTS
 from pna.tasks import TASKS
-from pna.train import EARLY_STOP, OPTIMIZERS, TrainConfig, train
+from pna.train import EARLY_STOP, OPTIMIZERS, SCHEDULES, TrainConfig, train
 
 # flag -> TrainConfig field, for the flags whose names differ from the field.
 RENAMED = {"out": "out_dir", "epochs": "max_epochs"}
@@ -38,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a very small model, and 512 / 128 train / val examples unless --n-train / --n-val say otherwise")
     add("--quiet", action="store_const", const=True, help="no progress bars or per-epoch lines")
     add("--optimizer", choices=OPTIMIZERS, help="adamw (default) or adam")
+    add("--schedule", choices=SCHEDULES, help="warmup_cosine (default) or constant")
     add("--early-stop", dest="early_stop", choices=tuple(EARLY_STOP),
         help="validation metric of early stopping and best.pt (default val_loss_total)")
     add("--out", help="output folder (default runs/train); the same run there is resumed, another is refused")
