@@ -329,7 +329,20 @@ def _epoch_loader(cfg: TrainConfig, examples: list[Example], epoch: int, world: 
     return loader
 
 
-def _diverged(epoch: int, step: int, what: str) -> TrainingDiverged:
+@contextlib.contextmanager
+def _nonfinite_is_divergence(epoch: int, step: int | str) -> Any:
+    """Turn the op's "contains NaN or Inf" ValueError inside a forward pass into TrainingDiverged: the input ids
+    are finite, so non-finite values inside the model come from its weights (e.g. A = -exp(A_log) overflowing
+    for huge but finite parameters)."""
+    try:
+        yield
+    except ValueError as exc:
+        if "NaN or Inf" in str(exc):
+            raise _diverged(epoch, step, f"non-finite values inside the model: {exc}") from None
+        raise
+
+
+def _diverged(epoch: int, step: int | str, what: str) -> TrainingDiverged:
     return TrainingDiverged(f"lr: training diverged in epoch {epoch}, step {step} ({what}); try a lower lr")
 
 
@@ -456,14 +469,8 @@ def _train_locked(cfg: TrainConfig, init_model: nn.Module | None, out: Path, ran
         loss_sum = torch.zeros(2, dtype=torch.float64, device=device)  # sum of batch losses, number of batches
         for step, batch in enumerate(bar, start=1):
             batch = {k: v.to(device) for k, v in batch.items()}
-            try:
-                with _autocast(cfg, device):
-                    output = ddp_model(batch["input_ids"])
-            except ValueError as exc:
-                # the input ids are finite, so non-finite values inside the model come from its weights
-                if "NaN or Inf" in str(exc):
-                    raise _diverged(epoch, step, f"non-finite values inside the model: {exc}") from None
-                raise
+            with _autocast(cfg, device), _nonfinite_is_divergence(epoch, step):
+                output = ddp_model(batch["input_ids"])
             loss, parts = thermodynamic_loss(output.logits, output.halt_logits, output.entropy, batch, cfg.alpha,
                                              cfg.beta, cfg.gamma, cfg.loss_mode)
             if not math.isfinite(parts["total"]):
@@ -479,7 +486,8 @@ def _train_locked(cfg: TrainConfig, init_model: nn.Module | None, out: Path, ran
             bar.set_postfix(loss=f"{parts['total']:.3f}")
         if world > 1:
             dist.all_reduce(loss_sum)
-        val = [evaluate_metrics(model, val_loader, cfg, device)]
+        with _nonfinite_is_divergence(epoch, "validation"):
+            val = [evaluate_metrics(model, val_loader, cfg, device)]
         if world > 1:  # rank 0's numbers decide for everyone, so no rank can stop while another goes on
             dist.broadcast_object_list(val, src=0)
         metrics = {"epoch": epoch, "train_loss": float(loss_sum[0] / loss_sum[1].clamp_min(1)),
