@@ -343,7 +343,8 @@ def _nonfinite_is_divergence(epoch: int, step: int | str) -> Any:
 
 
 def _diverged(epoch: int, step: int | str, what: str) -> TrainingDiverged:
-    return TrainingDiverged(f"lr: training diverged in epoch {epoch}, step {step} ({what}); try a lower lr")
+    where = f"step {step}" if isinstance(step, int) else step
+    return TrainingDiverged(f"lr: training diverged in epoch {epoch}, {where} ({what}); try a lower lr")
 
 
 def _check_finite(epoch: int, metrics: dict[str, float]) -> None:
