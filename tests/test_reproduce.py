@@ -9,14 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from pna import checkpoint
 from pna.cli import main
-from pna.models import build_model
 from pna.paper import ROW_KEYS, paper_number
 from pna.report import NOT_RUN, Estimate
 from pna.reproduce import FIRST_TABLE_ROWS, TINY
-from pna.tasks import MAX_LEN, make_split
-from pna.tokenizer import TOKENIZER
-from pna.transfer import finetune_ce, freeze_halt_head
+from pna.train import TrainConfig, load_checkpoint, train
+from pna.transfer import TransferSettings, run_transfer
 
 
 def _first_table(report: str) -> list[list[str]]:
@@ -85,17 +84,21 @@ def test_every_paper_row_has_a_note() -> None:
         paper_number("no_such_row")
 
 
-def test_finetuning_keeps_the_frozen_halt_head(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    model = build_model("ssm", TOKENIZER.vocab_size, d_model=16, n_layers=1, d_state=4)
-    frozen = freeze_halt_head(model)
-    assert frozen == [name for name, _ in model.named_parameters() if "halt" in name] and frozen
-    before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    examples = make_split("arithmetic", "train", n=16)
-    history, best_epoch = finetune_ce(model, examples, examples, max_len=MAX_LEN["arithmetic"], lr=1e-2,
-                                      max_epochs=2, patience=1, batch_size=8)
-    # validating on the training examples with a large lr, the first epoch must improve on the start
-    assert 1 <= len(history) <= 2 and best_epoch >= 1
-    after = dict(model.named_parameters())
-    assert all(torch.equal(before[name], after[name]) for name in frozen)
-    assert any(not torch.equal(before[n], after[n]) for n in before if n not in frozen)
+def test_finetuning_on_the_trainer_keeps_the_frozen_halt_head(tmp_path: Path) -> None:
+    """Transfer's fine-tuning is a pna.train run from the source's weights: the halt head does not move, the rest
+    does, and the run resumes (a second call trains nothing)."""
+    source = train(TrainConfig(task="parity", tiny=True, n_train=32, n_val=8, max_epochs=1, quiet=True,
+                               out_dir=str(tmp_path / "src")))
+    settings = TransferSettings(n_train=32, n_val=8, n_test=8, max_epochs=2, patience=1, lr=1e-2)
+    result = run_transfer(source.best_checkpoint, tmp_path / "ft", settings)
+    frozen = [name for name, _ in source.model.named_parameters() if "halt" in name]
+    assert result.frozen == frozen and frozen
+    after, _ = load_checkpoint(tmp_path / "ft" / "best.pt")
+    before = dict(source.model.named_parameters())
+    after_params = dict(after.named_parameters())
+    assert all(torch.equal(before[name], after_params[name]) for name in frozen)
+    assert any(not torch.equal(before[n], after_params[n]) for n in before if n not in frozen)
+    cfg = TrainConfig(**checkpoint.load(tmp_path / "ft" / "last.pt")["config"])
+    assert (cfg.optimizer, cfg.weight_decay, cfg.early_stop, cfg.task) == ("adam", 0.0, "val_token_accuracy",
+                                                                           "arithmetic")
+    assert run_transfer(source.best_checkpoint, tmp_path / "ft", settings).history == result.history
