@@ -1,9 +1,11 @@
-"""End-to-end smoke test of `pna reproduce --quick --tiny`: the report, its first table and the figures exist,
-every stage's outputs are written, and a rerun skips the finished stages."""
+"""End-to-end tests of `pna reproduce --quick --tiny`: the report, its first table and the figures exist, every
+stage's outputs are written, a rerun skips the finished stages, an interrupted copy resumed from elsewhere
+writes the same report, changed --alpha/--beta train new runs, --force keeps the user's files."""
 from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -102,3 +104,58 @@ def test_finetuning_on_the_trainer_keeps_the_frozen_halt_head(tmp_path: Path) ->
     assert (cfg.optimizer, cfg.weight_decay, cfg.early_stop, cfg.task) == ("adam", 0.0, "val_token_accuracy",
                                                                            "arithmetic")
     assert run_transfer(source.best_checkpoint, tmp_path / "ft", settings).history == result.history
+
+
+def _runs_table_dirs(report: str) -> list[str]:
+    section = report.split("## Runs", 1)[1]
+    return [line.split(" | ")[-1].strip(" |").rsplit("/", 2)[0] for line in section.splitlines()[2:]
+            if line.startswith("| ")]
+
+
+def test_interrupted_copy_resumed_from_another_directory_writes_the_same_report(tiny_run, tmp_path, monkeypatch):
+    """Copy the output folder, undo part of it as a kill would (a job's result and evaluation gone, its
+    metrics.jsonl cut, the analysis and the report gone) and rerun from another working directory with a
+    relative --out: the report is byte-identical."""
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run, copy)
+    job = sorted((copy / "runs").glob("corrected_parity_ssm_s1-*"))[0]
+    (job / "result.json").unlink()
+    (job / "test_eval.npz").unlink()
+    metrics = job / "train" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text()[:10])
+    shutil.rmtree(copy / "analysis")
+    (copy / "report.md").unlink()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["reproduce", "--quick", "--tiny", "--out", "../copy"]) == 0
+    assert (copy / "report.md").read_bytes() == (tiny_run / "report.md").read_bytes()
+
+
+def test_changed_alpha_beta_give_new_runs_not_stale_numbers(tiny_run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run, copy)
+    old = set(_runs_table_dirs((tiny_run / "report.md").read_text()))
+    assert main(["reproduce", "--tiny", "--skip-sweep", "--alpha", "0.5", "--beta", "0", "--out", str(copy)]) == 0
+    report = (copy / "report.md").read_text()
+    assert "alpha = 0.5, beta = 0.0" in report
+    new = _runs_table_dirs(report)
+    assert new and not set(new) & old
+    for run in new:
+        train_cfg = json.loads((copy / run / "run.json").read_text())["config"]["config"]["train"]
+        assert (train_cfg["alpha"], train_cfg["beta"]) == (0.5, 0.0)
+
+
+def test_force_keeps_user_files(tiny_run):
+    """Last in this file: it redoes the shared run. --force deletes what pna wrote, never the user's files, nor a
+    `pna train` run the user keeps inside --out."""
+    (tiny_run / "runs" / "mine.txt").write_text("mine")
+    (tiny_run / "plots" / "notes.md").write_text("mine")
+    (tiny_run / "keep.txt").write_text("mine")
+    assert main(["train", "--tiny", "--quiet", "--n-train", "16", "--n-val", "8", "--epochs", "1",
+                 "--out", str(tiny_run / "runs" / "train")]) == 0
+    before = {p.name for p in (tiny_run / "runs").iterdir()}
+    assert main(["reproduce", "--quick", "--tiny", "--skip-sweep", "--force", "--out", str(tiny_run)]) == 0
+    for path in ("runs/mine.txt", "plots/notes.md", "keep.txt", "runs/train/best.pt"):
+        assert (tiny_run / path).exists(), path
+    assert not (tiny_run / "sweep").exists()  # written by the first run, removed by --force, not redone
+    assert {p.name for p in (tiny_run / "runs").iterdir()} == before

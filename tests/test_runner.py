@@ -158,3 +158,33 @@ def test_killing_the_parent_ends_the_workers(tmp_path):
     while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(_alive(pid) for pid in pids)
+
+
+SWEEP = ["sweep", "--tiny", "--alphas", "0", "--betas", "0.1", "--seeds", "0", "--n-train", "32", "--max-epochs", "1",
+         "--n-test", "8"]
+
+
+def _cell_runs(out: Path) -> list[dict]:
+    cell = json.loads((out / "cells" / "a0_b0.1.json").read_text())
+    return [json.loads((out / run / runner.RUN_FILE).read_text())["config"]["config"]["train"] for run in cell["runs"]]
+
+
+def test_sweep_rerun_with_other_settings_never_reuses_old_cells(tmp_path, capsys):
+    from pna.cli import main
+    out = tmp_path / "S"
+    assert main(SWEEP + ["--out", str(out)]) == 0
+    assert [c["arch"] for c in _cell_runs(out)] == ["ssm"]
+    assert main(SWEEP + ["--arch", "transformer", "--out", str(out)]) == 0
+    assert [(c["arch"], c["max_epochs"]) for c in _cell_runs(out)] == [("transformer", 1)]
+    assert json.loads((out / "sweep.json").read_text())["settings"]["arch"] == "transformer"
+    assert main(SWEEP + ["--arch", "transformer", "--max-epochs", "2", "--out", str(out)]) == 0
+    assert [(c["arch"], c["max_epochs"]) for c in _cell_runs(out)] == [("transformer", 2)]
+    assert len(list((out / "runs").iterdir())) - 1 == 3  # three runs (and the manifest), none reused
+    # --force removes what the sweeps wrote, and nothing of the user's
+    (out / "runs" / "mine.txt").write_text("mine")
+    (out / "notes.md").write_text("mine")
+    capsys.readouterr()
+    assert main(SWEEP + ["--task", "sorting", "--out", str(out), "--force"]) == 0
+    assert (out / "runs" / "mine.txt").exists() and (out / "notes.md").exists()
+    assert [c["task"] for c in _cell_runs(out)] == ["sorting"]
+    assert len([p for p in (out / "runs").iterdir() if p.is_dir()]) == 1
