@@ -47,7 +47,8 @@ from pna import atomic, checkpoint, runner
 from pna.loss import LOSS_MODES, thermodynamic_loss
 from pna.masks import target_masks
 from pna.models import ARCHS, VARIANTS, SSMConfig, TransformerConfig, build_model
-from pna.tasks import MAX_LEN, TASKS, Example, make_loader, make_split
+from pna.tasks import MAX_LEN, Example, make_loader, make_split
+from pna.tasks import registry as task_registry
 from pna.tokenizer import TOKENIZER
 
 # Model sizes of --tiny runs (smoke tests and the CPU-sized reproduction).
@@ -133,7 +134,7 @@ class TrainConfig:
         for name in ("model", "task_kwargs"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{name}: expected a table / object of fields, got {getattr(self, name)!r}")
-        choices = {"task": TASKS, "arch": ARCHS, "variant": VARIANTS, "loss_mode": LOSS_MODES,
+        choices = {"task": tuple(task_registry.REGISTRY), "arch": ARCHS, "variant": VARIANTS, "loss_mode": LOSS_MODES,
                    "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "early_stop": tuple(EARLY_STOP)}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

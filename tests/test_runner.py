@@ -188,3 +188,25 @@ def test_sweep_rerun_with_other_settings_never_reuses_old_cells(tmp_path, capsys
     assert (out / "runs" / "mine.txt").exists() and (out / "notes.md").exists()
     assert [c["task"] for c in _cell_runs(out)] == ["sorting"]
     assert len([p for p in (out / "runs").iterdir() if p.is_dir()]) == 1
+
+
+def _sample_copy(rng, split, max_digits=3):
+    digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(1, max_digits)))
+    return f"<BOS>Input:{digits} Result:{digits}<HALT><EOS>", {"kind": "copy"}
+
+
+def test_a_registered_task_trains_end_to_end(tmp_path):
+    """A new task is one registration (in its own file of pna.tasks): splits, MAX_LEN and training follow."""
+    from pna.tasks import MAX_LEN, make_split, registry
+    from pna.train import TrainConfig, train
+    registry.register(registry.TaskSpec(name="copy_digits", sample=_sample_copy, max_len=24,
+                                        defaults=lambda split: {"max_digits": 3}))
+    assert MAX_LEN["copy_digits"] == 24
+    assert [e.text for e in make_split("copy_digits", "val", n=3)] == [e.text for e in make_split("copy_digits", "val", n=3)]
+    with pytest.raises(ValueError, match="^task_kwargs:"):
+        make_split("copy_digits", "val", n=3, max_bits=4)
+    result = train(TrainConfig(task="copy_digits", tiny=True, n_train=16, n_val=8, max_epochs=1, quiet=True,
+                               out_dir=str(tmp_path)))
+    assert result.history[0]["epoch"] == 1
+    with pytest.raises(ValueError, match="^name:"):
+        registry.register(registry.TaskSpec(name="copy_digits", sample=_sample_copy, max_len=32))
