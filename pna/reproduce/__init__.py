@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from pna import analysis, atomic, runner
-from pna.sweep import SweepResult, job_file, load_evaluation, run_sweep
+from pna.sweep import job_file, load_evaluation, run_sweep
 from pna.train import TrainConfig
 from pna.transfer import TransferSettings, transfer_job
 

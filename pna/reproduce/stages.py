@@ -12,7 +12,7 @@ import numpy as np
 from pna import analysis, runner
 from pna.evaluate import Evaluation
 from pna.generate import answer_correct, free_generation
-from pna.sweep import load_evaluation, train_eval_job
+from pna.sweep import train_eval_job
 from pna.tasks import make_split
 from pna.train import load_checkpoint
 
