@@ -108,8 +108,8 @@ def test_finetuning_on_the_trainer_keeps_the_frozen_halt_head(tmp_path: Path) ->
 
 def _runs_table_dirs(report: str) -> list[str]:
     section = report.split("## Runs", 1)[1]
-    return [line.split(" | ")[-1].strip(" |").rsplit("/", 2)[0] for line in section.splitlines()[2:]
-            if line.startswith("| ")]
+    cells = [line.split(" | ")[-1].strip(" |") for line in section.splitlines() if line.startswith("| ")]
+    return [cell.rsplit("/", 2)[0] for cell in cells if cell.startswith("runs/")]
 
 
 def test_interrupted_copy_resumed_from_another_directory_writes_the_same_report(tiny_run, tmp_path, monkeypatch):
