@@ -29,7 +29,7 @@ def load(path: str | Path, arg: str = "path") -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, pickle errors, foreign files: all mean "not a checkpoint"
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"{arg}: {path} is truncated or not a checkpoint ({reason}); delete it or rerun with "
                          "--force") from None
     if not isinstance(state, dict):
