@@ -35,9 +35,10 @@ class Protocol:
 @dataclass(frozen=True)
 class Profile:
     """Sizes of one mode. train: TrainConfig overrides for every run (per arch); n_test: test examples per run;
-    n_free / n_free_ood: free-generation examples in-distribution / OOD; transfer: run_transfer keyword
-    settings (pna.transfer.TransferSettings fields); transfer_seeds: how many of each protocol's seeds are transferred; sweep_*: the sweep grid;
-    workers: default number of training processes; reductions: what this mode changes relative to the full run."""
+    n_free / n_free_ood: free-generation examples in-distribution / OOD; transfer: pna.transfer.TransferSettings
+    fields (the rest keep the original's recipe); transfer_seeds: how many of each protocol's seeds are
+    transferred; sweep_*: the sweep grid; workers: default number of training processes; reductions: what this
+    mode changes relative to the full run."""
 
     name: str
     corrected_seeds: int
