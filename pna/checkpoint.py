@@ -5,7 +5,6 @@ torch.load(..., weights_only=True).
 """
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -13,23 +12,30 @@ from typing import Any
 import numpy as np
 import torch
 
+from pna import atomic
+
 
 def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
-    """torch.save to a temporary name, then rename: a crash mid-write never leaves a truncated checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
+    """torch.save through pna.atomic: a crash mid-write never leaves a truncated checkpoint."""
+    return atomic.torch_save(obj, path)
 
 
-def load(path: str | Path) -> dict[str, Any]:
-    """A checkpoint written by save_atomic, on the CPU."""
+def load(path: str | Path, arg: str = "path") -> dict[str, Any]:
+    """A checkpoint written by save_atomic, on the CPU. ValueError naming arg and the file when it is missing,
+    truncated or not a checkpoint (with the way out: delete it, or --force)."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"path: no checkpoint at {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+        raise ValueError(f"{arg}: no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, pickle errors, foreign files: all mean "not a checkpoint"
+        reason = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{arg}: {path} is truncated or not a checkpoint ({reason}); delete it or rerun with "
+                         "--force") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{arg}: {path} is not a checkpoint (holds {type(state).__name__}); delete it or rerun "
+                         "with --force")
+    return state
 
 
 def rng_state() -> dict[str, Any]:

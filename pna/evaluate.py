@@ -8,6 +8,7 @@ long examples truncated, PAD labelled 1). Free generation lives in pna.generate.
 from __future__ import annotations
 
 import inspect
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -15,9 +16,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from pna import atomic
 from pna.analysis.faithful import SideBySide, energy_entropy_bits, faithful_metrics, side_by_side
 from pna.analysis.halting import faithful_halt_f1
 from pna.analysis.series import halt_confidence
+from pna.masks import first_index, target_masks
 from pna.tasks import Example, make_loader
 from pna.tokenizer import TOKENIZER
 
@@ -97,23 +100,15 @@ class Evaluation:
 
     def save(self, path: str | Path) -> Path:
         """Write every array to one .npz file; returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(path, **{name: getattr(self, name) for name in self.__dataclass_fields__})
-        return path
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **{name: getattr(self, name) for name in self.__dataclass_fields__})
+        return atomic.write_bytes(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path: str | Path) -> "Evaluation":
         """Read an Evaluation written by ``save``."""
         with np.load(Path(path)) as data:
             return cls(**{name: data[name] for name in cls.__dataclass_fields__})
-
-
-def _first_index(ids: torch.Tensor, token_id: int) -> torch.Tensor:
-    """Index of the first occurrence of token_id in every row of ids (B, L); -1 where absent."""
-    hits = ids == token_id
-    first = hits.float().argmax(dim=1)
-    return torch.where(hits.any(dim=1), first, torch.full_like(first, -1))
 
 
 def _forward(model: torch.nn.Module, ids: torch.Tensor):
@@ -150,22 +145,19 @@ def evaluate(
         ids = batch["input_ids"].to(device)
         targets = batch["targets"].to(device)
         out = _forward(model, ids)
-        pred = out.logits.argmax(dim=-1)
-        scored = targets != -100
-        hit = (pred == targets) & scored
         rp = batch["result_pos"].to(device)
-        halt_pos = _first_index(ids, TOKENIZER.halt_id)
-        positions = torch.arange(ids.shape[1], device=device).unsqueeze(0)
-        # logits at p predict ids[p + 1]: answer tokens rp+1 .. halt_pos-1 are predicted at rp .. halt_pos-2
-        in_answer = (positions >= rp.unsqueeze(1)) & (positions < halt_pos.unsqueeze(1) - 1)
-        answer_ok = ((hit | ~in_answer).all(dim=1)) & (halt_pos > rp)
+        masks = target_masks(ids, targets, rp)
+        scored = masks.scored
+        hit = (out.logits.argmax(dim=-1) == targets) & scored
+        halt_pos = masks.halt_pos
+        answer_ok = masks.answer_correct(hit)
         parts["entropy"].append(out.entropy.float().cpu().numpy())
         parts["halt_logits"].append(out.halt_logits.float().cpu().numpy())
         parts["halt_labels"].append(batch["halt_labels"].float().numpy())
         parts["halt_mask"].append(batch["halt_mask"].numpy())
         parts["lengths"].append(batch["lengths"].numpy())
         parts["result_pos"].append(batch["result_pos"].numpy())
-        parts["eos_pos"].append(_first_index(ids, TOKENIZER.eos_id).cpu().numpy())
+        parts["eos_pos"].append(first_index(ids, TOKENIZER.eos_id).cpu().numpy())
         parts["halt_pos"].append(halt_pos.cpu().numpy())
         parts["token_correct"].append(hit.sum(dim=1).cpu().numpy())
         parts["token_count"].append(scored.sum(dim=1).cpu().numpy())

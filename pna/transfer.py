@@ -2,28 +2,32 @@
 
 1. Zero-shot: evaluate the parity checkpoint on the arithmetic test split and score its halt head.
 2. Adapted: freeze the halt head (every parameter whose name contains "halt") and fine-tune the rest with
-   cross-entropy only (the thermodynamic loss with alpha = beta = 0): AdamW lr 1e-4, at most 20 epochs, early
-   stopping on validation CE with patience 5, keeping the best epoch's weights; then score the halt head again.
+   cross-entropy only (the thermodynamic loss with alpha = beta = 0) on the trainer's own loop (pna.train),
+   with TransferSettings (default the original's: Adam lr 1e-4, no weight decay, at most 20 epochs, early
+   stopping on validation token accuracy with patience 5), keeping the best epoch's weights; then score the
+   halt head again.
 Halt metrics come from pna.analysis.halting (F1 before EOS and F1 counted over PAD as the original did, AUROC,
 stop error), so the halt head itself never sees an arithmetic label: any gain comes from the representation.
 """
 from __future__ import annotations
 
-import copy
+import hashlib
 import math
-import random
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 
 from pna.analysis import binary_f1, halt_confidence, halting_metrics
 from pna.analysis.series import HALT_THRESHOLD
+from pna import atomic, runner
 from pna.evaluate import Evaluation, evaluate
-from pna.loss import thermodynamic_loss
-from pna.tasks import MAX_LEN, Example, make_loader, make_split
-from pna.train import load_checkpoint
+from pna.tasks import MAX_LEN, make_split
+from pna.train import TrainConfig, freeze_halt_head, load_checkpoint, train
+
+__all__ = ["TRANSFER_TASK", "TransferResult", "TransferSettings", "f1_bootstrap_ci", "file_key", "freeze_halt_head",
+           "run_transfer", "score_halting", "transfer_and_score", "transfer_job"]
 
 TRANSFER_TASK = "arithmetic"
 
@@ -31,8 +35,8 @@ TRANSFER_TASK = "arithmetic"
 @dataclass
 class TransferResult:
     """zero_shot / adapted: halting metrics dicts on the arithmetic test split before / after fine-tuning;
-    history: per-epoch {"epoch", "train_ce", "val_ce"}; best_epoch: the epoch whose weights were kept (0: none
-    improved on the start); frozen: names of the frozen halt-head parameters; n_test: test examples."""
+    history: the trainer's per-epoch metrics of the fine-tuning; best_epoch: the epoch whose weights were kept;
+    frozen: names of the frozen halt-head parameters; n_test: test examples."""
 
     zero_shot: dict[str, Any]
     adapted: dict[str, Any]
@@ -44,20 +48,6 @@ class TransferResult:
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""
         return asdict(self)
-
-
-def freeze_halt_head(model: torch.nn.Module) -> list[str]:
-    """Set requires_grad=False on every parameter whose name contains "halt"; returns their names.
-
-    Raises ValueError if the model has no such parameter (nothing would be frozen).
-    """
-    frozen = [name for name, p in model.named_parameters() if "halt" in name]
-    if not frozen:
-        raise ValueError("model: no parameter name contains 'halt'; cannot freeze a halt head")
-    for name, p in model.named_parameters():
-        if name in frozen:
-            p.requires_grad_(False)
-    return frozen
 
 
 def f1_bootstrap_ci(
@@ -92,98 +82,71 @@ def score_halting(evaluation: Evaluation) -> dict[str, Any]:
     return metrics
 
 
-def _mean_ce(model: torch.nn.Module, loader: Any, device: torch.device | str) -> float:
-    """Mean over batches of the CE-only loss, without gradients."""
-    model.eval()
-    total, batches = 0.0, 0
-    with torch.no_grad():
-        for batch in loader:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            out = model(batch["input_ids"])
-            loss, _ = thermodynamic_loss(out.logits, out.halt_logits, out.entropy, batch, alpha=0.0, beta=0.0)
-            total += float(loss)
-            batches += 1
-    return total / max(1, batches)
+def file_key(path: str | Path) -> str:
+    """SHA-256 of a file's bytes: the identity of a checkpoint whatever its path."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
-def finetune_ce(
-    model: torch.nn.Module,
-    train_examples: Sequence[Example],
-    val_examples: Sequence[Example],
-    max_len: int,
-    lr: float = 1e-4,
-    max_epochs: int = 20,
-    patience: int = 5,
-    batch_size: int = 32,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-) -> tuple[list[dict[str, float]], int]:
-    """Fine-tune the model's trainable parameters with CE only; keeps the best validation epoch's weights.
+@dataclass(frozen=True)
+class TransferSettings:
+    """The fine-tuning recipe (defaults: the original's, cross_task_transfer.py): Adam lr 1e-4 without weight
+    decay at a constant rate, <= 20 epochs, early stopping with patience 5 on validation token accuracy,
+    batch 32, clip 1.0. n_train / n_val / n_test: arithmetic split sizes (None: 8000 / 1000 / 1000)."""
 
-    Returns (history, best_epoch); best_epoch 0 means no epoch beat the starting validation CE and the
-    starting weights were kept.
-    """
-    if max_epochs < 1 or patience < 1:
-        raise ValueError(f"max_epochs and patience: must be >= 1, got {max_epochs} and {patience}")
-    if not math.isfinite(lr) or lr <= 0:
-        raise ValueError(f"lr: must be a positive number, got {lr}")
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    train_loader = make_loader(list(train_examples), batch_size=batch_size, shuffle=True, seed=seed, max_len=max_len)
-    val_loader = make_loader(list(val_examples), batch_size=batch_size, shuffle=False, seed=seed, max_len=max_len)
-    best_ce = _mean_ce(model, val_loader, device)
-    best_state, best_epoch, stale = copy.deepcopy(model.state_dict()), 0, 0
-    history: list[dict[str, float]] = []
-    for epoch in range(1, max_epochs + 1):
-        model.train()
-        total, batches = 0.0, 0
-        for batch in train_loader:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            out = model(batch["input_ids"])
-            loss, _ = thermodynamic_loss(out.logits, out.halt_logits, out.entropy, batch, alpha=0.0, beta=0.0)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            total += loss.item()
-            batches += 1
-        val_ce = _mean_ce(model, val_loader, device)
-        history.append({"epoch": epoch, "train_ce": total / max(1, batches), "val_ce": val_ce})
-        if val_ce < best_ce:
-            best_ce, best_state, best_epoch, stale = val_ce, copy.deepcopy(model.state_dict()), epoch, 0
-        else:
-            stale += 1
-            if stale >= patience:
-                break
-    model.load_state_dict(best_state)
-    return history, best_epoch
+    n_train: int | None = None
+    n_val: int | None = None
+    n_test: int | None = None
+    max_epochs: int = 20
+    patience: int = 5
+    lr: float = 1e-4
+    batch_size: int = 32
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    early_stop: str = "val_token_accuracy"
+    grad_clip: float = 1.0
+
+    def train_config(self, source: TrainConfig, source_key: str, seed: int, out_dir: str | Path, device: str,
+                     ) -> TrainConfig:
+        """The trainer's config of the fine-tuning run: CE only (alpha = beta = gamma = 0) on arithmetic chains,
+        the source's architecture, the halt head frozen, starting from the source's weights."""
+        return TrainConfig(task=TRANSFER_TASK, arch=source.arch, variant=source.variant, tiny=source.tiny,
+                           model=dict(source.model), alpha=0.0, beta=0.0, gamma=0.0, seed=seed,
+                           init_from=source_key, freeze_halt=True, out_dir=str(out_dir), device=device, quiet=True,
+                           warmup_steps=0, **{k: v for k, v in asdict(self).items() if k != "n_test"})
 
 
-def run_transfer(
-    checkpoint: str,
-    n_train: int | None = None,
-    n_val: int | None = None,
-    n_test: int | None = None,
-    max_epochs: int = 20,
-    patience: int = 5,
-    lr: float = 1e-4,
-    batch_size: int = 32,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-) -> TransferResult:
-    """Zero-shot then adapted halt metrics of a parity checkpoint on arithmetic chains (None sizes: full splits)."""
-    model, _ = load_checkpoint(checkpoint, device)
+def run_transfer(checkpoint: str | Path, out_dir: str | Path, settings: TransferSettings = TransferSettings(),
+                 seed: int = 0, device: str = "cpu") -> TransferResult:
+    """Zero-shot then adapted halt metrics of a parity checkpoint on arithmetic chains; the fine-tuning is a
+    pna.train run in out_dir (resumable; its identity includes the checkpoint's content hash)."""
+    model, source = load_checkpoint(checkpoint, device)
+    test = make_split(TRANSFER_TASK, "test", n=settings.n_test)
     max_len = MAX_LEN[TRANSFER_TASK]
-    test = make_split(TRANSFER_TASK, "test", n=n_test)
     zero_shot = score_halting(evaluate(model, test, max_len=max_len, device=device))
-    frozen = freeze_halt_head(model)
-    history, best_epoch = finetune_ce(
-        model, make_split(TRANSFER_TASK, "train", n=n_train), make_split(TRANSFER_TASK, "val", n=n_val),
-        max_len=max_len, lr=lr, max_epochs=max_epochs, patience=patience, batch_size=batch_size, seed=seed,
-        device=device,
-    )
-    adapted = score_halting(evaluate(model, test, max_len=max_len, device=device))
-    return TransferResult(zero_shot, adapted, history, best_epoch, frozen, len(test))
+    cfg = settings.train_config(source, file_key(checkpoint), seed, out_dir, device)
+    trained = train(cfg, init_model=model)
+    frozen = [name for name, p in trained.model.named_parameters() if not p.requires_grad]
+    adapted = score_halting(evaluate(trained.model, test, max_len=max_len, device=device))
+    return TransferResult(zero_shot, adapted, trained.history, int(trained.best_val["epoch"]), frozen, len(test))
+
+
+def transfer_job(label: str, checkpoint: str | Path, settings: TransferSettings, seed: int, device: str,
+                 source_key: str | None = None) -> runner.Job:
+    """A pna.runner Job of run_transfer; its identity: the source's identity (source_key, e.g. the run key of
+    the job that trained it; default the checkpoint's content hash), the settings and the seed."""
+    key = source_key if source_key is not None else file_key(checkpoint)
+    return runner.Job(fn="pna.transfer:transfer_and_score", label=label,
+                      config={"source": key, "settings": asdict(settings), "seed": seed},
+                      options={"checkpoint": str(Path(checkpoint).resolve()), "device": device})
+
+
+def transfer_and_score(config: dict[str, Any], run_dir: Path, options: dict[str, Any]) -> dict[str, Any]:
+    """Job function of transfer_job: run_transfer with the fine-tuning run in run_dir/finetune."""
+    out = atomic.make_dirs(run_dir / "finetune", base=run_dir)
+    return run_transfer(options["checkpoint"], out, TransferSettings(**config["settings"]), seed=config["seed"],
+                        device=options["device"]).to_dict()

@@ -1,22 +1,23 @@
-"""End-to-end smoke test of `pna reproduce --quick --tiny`: the report, its first table and the figures exist,
-every stage's outputs are written, and a rerun skips the finished stages."""
+"""End-to-end tests of `pna reproduce --quick --tiny`: the report, its first table and the figures exist, every
+stage's outputs are written, a rerun skips the finished stages, an interrupted copy resumed from elsewhere
+writes the same report, changed --alpha/--beta train new runs, --force keeps the user's files."""
 from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
+from pna import checkpoint
 from pna.cli import main
-from pna.models import build_model
 from pna.paper import ROW_KEYS, paper_number
 from pna.report import NOT_RUN, Estimate
 from pna.reproduce import FIRST_TABLE_ROWS, TINY
-from pna.tasks import MAX_LEN, make_split
-from pna.tokenizer import TOKENIZER
-from pna.transfer import finetune_ce, freeze_halt_head
+from pna.train import TrainConfig, load_checkpoint, train
+from pna.transfer import TransferSettings, run_transfer
 
 
 def _first_table(report: str) -> list[list[str]]:
@@ -85,17 +86,76 @@ def test_every_paper_row_has_a_note() -> None:
         paper_number("no_such_row")
 
 
-def test_finetuning_keeps_the_frozen_halt_head(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    model = build_model("ssm", TOKENIZER.vocab_size, d_model=16, n_layers=1, d_state=4)
-    frozen = freeze_halt_head(model)
-    assert frozen == [name for name, _ in model.named_parameters() if "halt" in name] and frozen
-    before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    examples = make_split("arithmetic", "train", n=16)
-    history, best_epoch = finetune_ce(model, examples, examples, max_len=MAX_LEN["arithmetic"], lr=1e-2,
-                                      max_epochs=2, patience=1, batch_size=8)
-    # validating on the training examples with a large lr, the first epoch must improve on the start
-    assert 1 <= len(history) <= 2 and best_epoch >= 1
-    after = dict(model.named_parameters())
-    assert all(torch.equal(before[name], after[name]) for name in frozen)
-    assert any(not torch.equal(before[n], after[n]) for n in before if n not in frozen)
+def test_finetuning_on_the_trainer_keeps_the_frozen_halt_head(tmp_path: Path) -> None:
+    """Transfer's fine-tuning is a pna.train run from the source's weights: the halt head does not move, the rest
+    does, and the run resumes (a second call trains nothing)."""
+    source = train(TrainConfig(task="parity", tiny=True, n_train=32, n_val=8, max_epochs=1, quiet=True,
+                               out_dir=str(tmp_path / "src")))
+    settings = TransferSettings(n_train=32, n_val=8, n_test=8, max_epochs=2, patience=1, lr=1e-2)
+    result = run_transfer(source.best_checkpoint, tmp_path / "ft", settings)
+    frozen = [name for name, _ in source.model.named_parameters() if "halt" in name]
+    assert result.frozen == frozen and frozen
+    after, _ = load_checkpoint(tmp_path / "ft" / "best.pt")
+    before = dict(source.model.named_parameters())
+    after_params = dict(after.named_parameters())
+    assert all(torch.equal(before[name], after_params[name]) for name in frozen)
+    assert any(not torch.equal(before[n], after_params[n]) for n in before if n not in frozen)
+    cfg = TrainConfig(**checkpoint.load(tmp_path / "ft" / "last.pt")["config"])
+    assert (cfg.optimizer, cfg.weight_decay, cfg.early_stop, cfg.task) == ("adam", 0.0, "val_token_accuracy",
+                                                                           "arithmetic")
+    assert run_transfer(source.best_checkpoint, tmp_path / "ft", settings).history == result.history
+
+
+def _runs_table_dirs(report: str) -> list[str]:
+    section = report.split("## Runs", 1)[1]
+    cells = [line.split(" | ")[-1].strip(" |") for line in section.splitlines() if line.startswith("| ")]
+    return [cell.rsplit("/", 2)[0] for cell in cells if cell.startswith("runs/")]
+
+
+def test_interrupted_copy_resumed_from_another_directory_writes_the_same_report(tiny_run, tmp_path, monkeypatch):
+    """Copy the output folder, undo part of it as a kill would (a job's result and evaluation gone, its
+    metrics.jsonl cut, the analysis and the report gone) and rerun from another working directory with a
+    relative --out: the report is byte-identical."""
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run, copy)
+    job = sorted((copy / "runs").glob("corrected_parity_ssm_s1-*"))[0]
+    (job / "result.json").unlink()
+    (job / "test_eval.npz").unlink()
+    metrics = job / "train" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text()[:10])
+    shutil.rmtree(copy / "analysis")
+    (copy / "report.md").unlink()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["reproduce", "--quick", "--tiny", "--out", "../copy"]) == 0
+    assert (copy / "report.md").read_bytes() == (tiny_run / "report.md").read_bytes()
+
+
+def test_changed_alpha_beta_give_new_runs_not_stale_numbers(tiny_run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run, copy)
+    old = set(_runs_table_dirs((tiny_run / "report.md").read_text()))
+    assert main(["reproduce", "--tiny", "--skip-sweep", "--alpha", "0.5", "--beta", "0", "--out", str(copy)]) == 0
+    report = (copy / "report.md").read_text()
+    assert "alpha = 0.5, beta = 0.0" in report
+    new = _runs_table_dirs(report)
+    assert new and not set(new) & old
+    for run in new:
+        train_cfg = json.loads((copy / run / "run.json").read_text())["config"]["config"]["train"]
+        assert (train_cfg["alpha"], train_cfg["beta"]) == (0.5, 0.0)
+
+
+def test_force_keeps_user_files(tiny_run):
+    """Last in this file: it redoes the shared run. --force deletes what pna wrote, never the user's files, nor a
+    `pna train` run the user keeps inside --out."""
+    (tiny_run / "runs" / "mine.txt").write_text("mine")
+    (tiny_run / "plots" / "notes.md").write_text("mine")
+    (tiny_run / "keep.txt").write_text("mine")
+    assert main(["train", "--tiny", "--quiet", "--n-train", "16", "--n-val", "8", "--epochs", "1",
+                 "--out", str(tiny_run / "runs" / "train")]) == 0
+    before = {p.name for p in (tiny_run / "runs").iterdir()}
+    assert main(["reproduce", "--quick", "--tiny", "--skip-sweep", "--force", "--out", str(tiny_run)]) == 0
+    for path in ("runs/mine.txt", "plots/notes.md", "keep.txt", "runs/train/best.pt"):
+        assert (tiny_run / path).exists(), path
+    assert not (tiny_run / "sweep").exists()  # written by the first run, removed by --force, not redone
+    assert {p.name for p in (tiny_run / "runs").iterdir()} == before

@@ -132,10 +132,10 @@ def test_example_configs_parse(path):
 @pytest.mark.parametrize("argv,message", [
     (["train", "--task", "chess"], "invalid choice"),
     (["train", "--alpha", "x"], "invalid float value"),
-    (["train", "--alpha", "-1"], "alpha: expected a finite number >= 0"),
-    (["train", "--lr", "nan"], "lr: expected a finite number > 0"),
-    (["train", "--epochs", "0"], "max_epochs: expected an integer >= 1"),
-    (["train", "--device", "gpu0"], "device: expected 'auto'"),
+    (["train", "--alpha", "-1"], "--alpha: expected a finite number >= 0"),
+    (["train", "--lr", "nan"], "--lr: expected a finite number > 0"),
+    (["train", "--epochs", "0"], "--epochs: expected an integer >= 1"),
+    (["train", "--device", "gpu0"], "--device: expected 'auto'"),
     (["train", "--config", "no/such/file.toml"], "config: cannot read no/such/file.toml"),
 ])
 def test_cli_bad_arguments(argv, message, capsys):
@@ -157,3 +157,35 @@ def test_bad_config_values(tmp_path):
     bad.write_text(json.dumps({"task": "parity", "alhpa": 0.1}))
     with pytest.raises(ValueError, match=r"^config: unknown fields \['alhpa'\]"):
         TrainConfig.from_file(bad)
+
+
+def test_resume_from_another_spelling_and_directory(tmp_path, monkeypatch):
+    """The out_dir is not part of a run's identity: m, ./m, its absolute path, a moved copy, all resume it."""
+    monkeypatch.chdir(tmp_path)
+    first = train(tiny_cfg("m", stop_after_epoch=1))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    resumed = train(tiny_cfg(str(tmp_path / "m")))
+    assert resumed.history[:1] == first.history and len(resumed.history) == 2
+    (tmp_path / "m").rename(tmp_path / "moved")
+    again = train(tiny_cfg("../moved"))  # finished: returns at once, nothing retrained
+    assert again.history == resumed.history
+
+
+def test_cut_metrics_jsonl_is_rewritten_from_the_checkpoint(tmp_path):
+    result = train(tiny_cfg(tmp_path, max_epochs=1))
+    metrics = tmp_path / "metrics.jsonl"
+    text = metrics.read_text()
+    metrics.write_text(text[: len(text) // 2])  # cut mid-line, as a kill mid-write of a plain write would
+    again = train(tiny_cfg(tmp_path, max_epochs=1))
+    assert again.history == result.history
+    assert metrics.read_text() == text
+
+
+def test_early_stop_metric_and_optimizer_are_configurable(tmp_path):
+    result = train(tiny_cfg(tmp_path, optimizer="adam", weight_decay=0.0, schedule="constant",
+                            early_stop="val_token_accuracy", max_epochs=2))
+    best = max(h["val_token_accuracy"] for h in result.history)
+    assert result.best_val["val_token_accuracy"] == best
+    with pytest.raises(ValueError, match="^early_stop:"):
+        TrainConfig(early_stop="val_f1")

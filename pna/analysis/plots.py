@@ -11,6 +11,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from pna import atomic
 from pna.analysis.series import aligned_curve, check_series
 
 DPI = 120
@@ -20,10 +21,8 @@ def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
     out = Path(path)
     if out.suffix.lower() != ".png":
         raise ValueError(f"path: expected a .png file name, got {str(path)!r}")
-    out.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(out, dpi=DPI, bbox_inches="tight")
-    return out
+    return atomic.save_figure(fig, out, dpi=DPI, bbox_inches="tight")
 
 
 def plot_aligned_curves(

@@ -1,0 +1,185 @@
+"""`pna reproduce`: train, analyse and report the original work's results beside a faithful and a corrected rerun.
+
+Two protocols are run on the built-in synthetic tasks (no download):
+
+* faithful: the original's loss (energy term without gradient), the original SSM architecture
+  (variant="faithful"), one run (the original set no seeds, so its "seeds" were one checkpoint), halt F1
+  counted over PAD positions as the original did;
+* corrected: the differentiable loss, the default SSM, several seeds, halt F1 over positions before EOS.
+
+Both train an SSM and a Transformer on parity and an SSM on sorting, then: coupling r and lag on the test split,
+free generation (in-distribution and 9-10-bit OOD parity), transfer to arithmetic chains (zero-shot and after
+adaptation with a frozen halt head), and (corrected protocol) an alpha x beta sweep. Everything lands in --out:
+report.md, plots/*.png, timings.json and the JSON of every stage, each keyed by the hash of its whole config
+(pna.runner): a rerun reads back exactly the stages whose config is unchanged, and runs the rest anew.
+--force deletes only the files earlier invocations wrote (listed in their manifests) and starts over.
+
+Modes: the default is sized for one GPU (paper sizes, 5 seeds); --quick for a 2-core CPU in under 15 minutes;
+--tiny for a smoke test (a minute or two). The report lists exactly what a reduced mode changed.
+
+Layout: profiles.py (modes and protocols), stages.py (the stages' computations), report.py (the report's
+content); this module runs them in order.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from tqdm import tqdm
+
+from pna import analysis, atomic, runner
+from pna.sweep import job_file, load_evaluation, run_sweep
+from pna.train import TrainConfig
+from pna.transfer import TransferSettings, transfer_job
+
+from .profiles import ARCHS, FULL, MAIN_RUNS, QUICK, TINY, Profile, Protocol, protocols
+from .report import FIRST_TABLE_ROWS, build_report
+from .stages import analyse_group, generation_stage, main_jobs, pooled as stages_pooled, run_name
+
+__all__ = ["FIRST_TABLE_ROWS", "FULL", "QUICK", "TINY", "Profile", "Protocol", "add_arguments", "run"]
+# the field an error names -> the `pna reproduce` flag that sets it
+FLAGS = {"alpha": "--alpha", "beta": "--beta", "device": "--device", "workers": "--workers"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `pna reproduce`."""
+    parser.add_argument("--out", default="runs/reproduce", help="output folder (default runs/reproduce)")
+    parser.add_argument("--quick", action="store_true", help="reduced run for a 2-core CPU (< 15 minutes)")
+    parser.add_argument("--tiny", action="store_true", help="smoke test: tiny models, a few steps (wins over --quick)")
+    parser.add_argument("--force", action="store_true",
+                        help="delete what earlier invocations wrote in --out (only the files they wrote) and redo "
+                        "every stage")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="parallel training processes (default: 2 with --quick, else 1)")
+    parser.add_argument("--alpha", type=float, default=0.05, help="energy weight of the main runs (default 0.05)")
+    parser.add_argument("--beta", type=float, default=0.1, help="halt-BCE weight of the main runs (default 0.1)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--skip-sweep", action="store_true", help="leave the alpha x beta sweep out")
+
+
+def _plan(args: argparse.Namespace) -> tuple[Profile, int, dict[str, runner.Job]]:
+    """The profile, number of workers and main jobs, every argument checked (ValueError naming the flag)."""
+    profile = TINY if args.tiny else QUICK if args.quick else FULL
+    workers = profile.workers if args.workers is None else args.workers
+    if workers < 1:
+        raise ValueError(f"--workers: expected an integer >= 1, got {workers}")
+    for name in ("alpha", "beta"):
+        value = getattr(args, name)
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"--{name}: expected a finite number >= 0, got {value}")
+    try:
+        TrainConfig(device=args.device)
+        jobs = main_jobs(profile, args.alpha, args.beta, args.device)
+    except ValueError as exc:
+        name, _, rest = str(exc).partition(":")
+        raise ValueError(f"{FLAGS.get(name, name)}:{rest}") from None
+    return profile, workers, jobs
+
+
+def run(args: argparse.Namespace) -> int:
+    """`pna reproduce`: every stage, then report.md; returns 0."""
+    profile, workers, jobs = _plan(args)
+    out = runner.check_out_dir(args.out, "--out")
+    if args.force and out.is_dir():
+        atomic.remove_written(out)
+    out.mkdir(parents=True, exist_ok=True)
+    protos = protocols(profile)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[stage] = now - clock
+        clock = now
+
+    atomic.make_dirs(out / "runs", base=out)
+    labels = list(jobs)
+    results = dict(zip(labels, runner.run_jobs([jobs[k] for k in labels], out / "runs", workers=workers,
+                                                desc="main runs", base=out)))
+    runs = {k: {**results[k], "run_dir": f"runs/{jobs[k].dir_name}"} for k in labels}
+    lap("main training runs + test evaluation")
+
+    def seeds_of(p: Protocol, task: str, arch: str) -> list[runner.Job]:
+        return [jobs[run_name(p, task, arch, s)] for s in p.seeds]
+
+    groups: dict[str, dict[str, Any]] = {}
+    for p in tqdm(protos, desc="analysis"):
+        for task, arch in MAIN_RUNS:
+            group = seeds_of(p, task, arch)
+            groups[f"{p.name}_{task}_{arch}"] = runner.cached_stage(
+                out / "analysis", f"{p.name}_{task}_{arch}", {"stage": "analysis", "runs": [j.key for j in group]},
+                lambda js=group: analyse_group([load_evaluation(out / "runs", j) for j in js]), base=out)
+    lap("analysis")
+
+    def checkpoint(job: runner.Job) -> Path:
+        return job_file(out / "runs", job, results[job.label]["checkpoint"])
+
+    generation: dict[str, dict[str, Any]] = {}
+    for p in tqdm(protos, desc="free generation"):
+        for arch in ARCHS:
+            group = seeds_of(p, "parity", arch)
+            config = {"stage": "generation", "runs": [j.key for j in group], "n_free": profile.n_free,
+                      "n_free_ood": profile.n_free_ood}
+            generation[f"{p.name}_{arch}"] = runner.cached_stage(
+                out / "generation", f"{p.name}_{arch}", config,
+                lambda js=group: generation_stage([checkpoint(j) for j in js], profile, args.device), base=out)
+    lap("free generation")
+
+    settings = TransferSettings(**profile.transfer)
+    transfer_jobs = {
+        f"{p.name}_{arch}": [transfer_job(f"{p.name}_{arch}_s{s}", checkpoint(src), settings, s, args.device,
+                                          source_key=src.key)
+                             for s in p.seeds[: profile.transfer_seeds] for src in [jobs[run_name(p, "parity", arch, s)]]]
+        for p in protos for arch in ARCHS
+    }
+    flat = [job for group in transfer_jobs.values() for job in group]
+    atomic.make_dirs(out / "transfer", base=out)
+    done = dict(zip((j.key for j in flat), runner.run_jobs(flat, out / "transfer", workers=workers, desc="transfer",
+                                                           base=out)))
+    transfer = {key: [done[j.key] for j in group] for key, group in transfer_jobs.items()}
+    lap("transfer")
+
+    sweep = None
+    if not args.skip_sweep:
+        sweep = run_sweep(out / "sweep", profile.sweep_alphas, profile.sweep_betas, profile.sweep_seeds,
+                          workers=workers, base=out, train_fields=profile.train["ssm"], n_test=profile.n_test,
+                          device=args.device)
+    lap("sweep")
+
+    plots = _plots(out, protos, jobs)
+    lap("plots")
+    invocation = {"alpha": args.alpha, "beta": args.beta, "device": args.device}
+    report = build_report(profile, protos, invocation, groups, generation, transfer, sweep, plots, runs)
+    path = atomic.write_text(out / "report.md", report.render())
+    atomic.write_json(out / "timings.json", {"seconds": timings, "note": "stages found finished on disk were "
+                                             "read back, not rerun"})
+    print(f"report: {path}")
+    return 0
+
+
+def _plots(out: Path, protos: Sequence[Protocol], jobs: dict[str, runner.Job]) -> dict[str, str]:
+    """The figures of SSM parity per protocol (seeds pooled): curves around rp, cross-correlation, r histogram;
+    paths relative to out."""
+    folder = atomic.make_dirs(out / "plots", base=out)
+    paths: dict[str, str] = {}
+    for p in protos:
+        ev = stages_pooled([load_evaluation(out / "runs", jobs[run_name(p, "parity", "ssm", s)]) for s in p.seeds])
+        series = (ev.entropy, ev.halt_logits, ev.result_pos, ev.lengths)
+        title = f"SSM parity, {p.name} protocol"
+        analysis.plot_aligned_curves(*series, folder / f"curves_{p.name}.png", title=title)
+        paths[f"curves_{p.name}"] = f"plots/curves_{p.name}.png"
+        xcorr = analysis.cross_correlation(*series)
+        analysis.plot_cross_correlation(xcorr.lags, xcorr.c, folder / f"xcorr_{p.name}.png",
+                                        c_differenced=analysis.cross_correlation(*series, differenced=True).c,
+                                        title=title)
+        paths[f"xcorr_{p.name}"] = f"plots/xcorr_{p.name}.png"
+        r = analysis.coupling(*series).r
+        if r.size:
+            analysis.plot_r_histogram(r, folder / f"r_hist_{p.name}.png", title=title)
+            paths[f"r_hist_{p.name}"] = f"plots/r_hist_{p.name}.png"
+    return paths

@@ -1,0 +1,110 @@
+"""Profiles (how big each mode is) and protocols (how each side of the comparison trains and scores) of
+`pna reproduce`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pna.train import TINY_MODEL
+
+MAIN_RUNS: tuple[tuple[str, str], ...] = (("parity", "ssm"), ("parity", "transformer"), ("sorting", "ssm"))
+ARCHS = ("ssm", "transformer")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How one side of the comparison trains and scores: loss mode, SSM variant, number of seeds, F1 counting."""
+
+    name: str
+    loss_mode: str
+    ssm_variant: str
+    n_seeds: int
+    f1_over_pad: bool
+    description: str
+
+    def variant(self, arch: str) -> str:
+        """The architecture variant this protocol trains for arch."""
+        return self.ssm_variant if arch == "ssm" else "default"
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """The seeds it trains with."""
+        return tuple(range(self.n_seeds))
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes of one mode. train: TrainConfig overrides for every run (per arch); n_test: test examples per run;
+    n_free / n_free_ood: free-generation examples in-distribution / OOD; transfer: pna.transfer.TransferSettings
+    fields (the rest keep the original's recipe); transfer_seeds: how many of each protocol's seeds are
+    transferred; sweep_*: the sweep grid; workers: default number of training processes; reductions: what this
+    mode changes relative to the full run."""
+
+    name: str
+    corrected_seeds: int
+    train: dict[str, dict[str, Any]]
+    n_test: int | None
+    n_free: int
+    n_free_ood: int
+    transfer: dict[str, Any]
+    transfer_seeds: int
+    sweep_alphas: tuple[float, ...]
+    sweep_betas: tuple[float, ...]
+    sweep_seeds: tuple[int, ...]
+    workers: int = 1
+    reductions: tuple[str, ...] = field(default_factory=tuple)
+
+
+FULL = Profile(
+    name="full", corrected_seeds=5, train={"ssm": {}, "transformer": {}}, n_test=None, n_free=400, n_free_ood=100,
+    transfer={"max_epochs": 20, "patience": 5}, transfer_seeds=5,
+    sweep_alphas=(0.0, 0.01, 0.05, 0.1, 0.2, 0.5), sweep_betas=(0.0, 0.05, 0.1, 0.2, 0.4), sweep_seeds=(0, 1, 2),
+)
+QUICK = Profile(
+    name="quick", corrected_seeds=2,
+    train={arch: {"n_train": 1500, "n_val": 200, "max_epochs": 3, "patience": 2, "lr": 3e-3, "warmup_steps": 20,
+                  "tiny": True, "quiet": True} for arch in ARCHS},
+    n_test=200, n_free=100, n_free_ood=40,
+    transfer={"n_train": 500, "n_val": 100, "n_test": 200, "max_epochs": 3, "patience": 2}, transfer_seeds=1,
+    sweep_alphas=(0.0, 0.5), sweep_betas=(0.0, 0.4), sweep_seeds=(0,), workers=2,
+    reductions=(
+        "tiny models (the trainer's --tiny sizes: " + "; ".join(f"{arch} {sizes}" for arch, sizes in TINY_MODEL.items())
+        + ") instead of the paper's ~5M parameters",
+        "1500 training / 200 validation examples per run instead of 8000 / 1000; at most 3 epochs, patience 2; "
+        "lr 3e-3 with 20 warmup steps instead of 3e-4 with 100 (short runs of small models)",
+        "200 test examples per run instead of 1000",
+        "corrected protocol: 2 seeds instead of 5",
+        "free generation: 100 in-distribution + 40 OOD examples instead of 400 + 100",
+        "transfer: 500 / 100 / 200 arithmetic train / val / test examples, at most 3 epochs, patience 2, "
+        "first seed only",
+        "sweep: alpha {0, 0.5} x beta {0, 0.4}, 1 seed instead of the 6 x 5 grid with 3 seeds",
+    ),
+)
+TINY = Profile(
+    name="tiny", corrected_seeds=2,
+    train={arch: {"n_train": 64, "n_val": 16, "max_epochs": 1, "patience": 1, "lr": 3e-3, "warmup_steps": 2,
+                  "tiny": True, "quiet": True} for arch in ARCHS},
+    n_test=24, n_free=6, n_free_ood=4,
+    transfer={"n_train": 32, "n_val": 8, "n_test": 16, "max_epochs": 1, "patience": 1}, transfer_seeds=1,
+    sweep_alphas=(0.0, 0.5), sweep_betas=(0.1,), sweep_seeds=(0,),
+    reductions=(
+        "smoke-test mode: tiny models, 64 training / 16 validation examples, 1 epoch; the numbers are "
+        "meaningless, only the report's structure is exercised",
+        "24 test examples per run; corrected protocol: 2 seeds",
+        "free generation: 6 in-distribution + 4 OOD examples",
+        "transfer: 32 / 8 / 16 arithmetic examples, 1 epoch, first seed only",
+        "sweep: alpha {0, 0.5} x beta {0.1}, 1 seed",
+    ),
+)
+
+
+def protocols(profile: Profile) -> tuple[Protocol, Protocol]:
+    """The faithful and the corrected protocol under a profile."""
+    return (
+        Protocol("faithful", "faithful", "faithful", 1, True,
+                 "original loss (energy term without gradient), original SSM architecture, one run, "
+                 "halt F1 counted over PAD positions"),
+        Protocol("corrected", "corrected", "default", profile.corrected_seeds, False,
+                 "differentiable energy term (expected compute), default SSM, "
+                 f"{profile.corrected_seeds} seeds, halt F1 over positions before EOS"),
+    )
