@@ -19,6 +19,7 @@ class Measurement:
     seconds: float
     tokens: int
     floor_bytes: int | None
+    note: str = ""  # printed after the row: its time over its baseline row's, when measure() was given one
 
 
 MEASUREMENTS: list[Measurement] = []
@@ -26,13 +27,17 @@ MEASUREMENTS: list[Measurement] = []
 
 @pytest.fixture
 def measure(benchmark):
-    """measure(fn, shape=, mode=, backend=, tokens=, floor_bytes=None): time fn and record its throughput.
+    """measure(fn, shape=, mode=, backend=, tokens=, floor_bytes=None, baseline=None): time fn and record its
+    throughput.
 
     fn must finish its work before returning (synchronise CUDA). floor_bytes, given on GPU, is what reading every
-    input once and writing every output once moves; achieved GB/s is floor_bytes / median time.
+    input once and writing every output once moves; achieved GB/s is floor_bytes / median time. baseline names
+    another backend timed earlier in the same run at the same shape and mode: this row's median over that one's
+    goes to extra_info["time_ratio"] and is printed beside the row (nothing when the baseline was not timed).
     """
 
-    def run(fn, *, shape: str, mode: str, backend: str, tokens: int, floor_bytes: int | None = None) -> None:
+    def run(fn, *, shape: str, mode: str, backend: str, tokens: int, floor_bytes: int | None = None,
+            baseline: str | None = None) -> None:
         benchmark.group = f"{shape} {mode}"
         benchmark(fn)
         if benchmark.disabled:  # --benchmark-disable: fn ran once, untimed
@@ -42,7 +47,12 @@ def measure(benchmark):
         if floor_bytes is not None:
             benchmark.extra_info["floor_bytes"] = floor_bytes
             benchmark.extra_info["achieved_gb_per_s"] = floor_bytes / seconds / 1e9
-        MEASUREMENTS.append(Measurement(shape, mode, backend, seconds, tokens, floor_bytes))
+        row = Measurement(shape, mode, backend, seconds, tokens, floor_bytes)
+        base = next((m for m in MEASUREMENTS if (m.shape, m.mode, m.backend) == (shape, mode, baseline)), None)
+        if base is not None:
+            benchmark.extra_info["time_ratio"] = {"baseline": baseline, "ratio": seconds / base.seconds}
+            row.note = f"time {seconds / base.seconds:.2f}x {baseline}"
+        MEASUREMENTS.append(row)
 
     return run
 
@@ -69,5 +79,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         tr.write_line(
             f"{m.shape:<25}{m.mode:<9}{m.backend:<14}{m.seconds * 1e3:>10.3f}{m.tokens / m.seconds / 1e6:>10.3f}"
             f"{_ratio(same.get('torch'), m):>10}{_ratio(same.get('reference'), m):>11}"
-            f"{_ratio(same.get('plain-triton'), m):>10}{gbps:>8}"
+            f"{_ratio(same.get('plain-triton'), m):>10}{gbps:>8}" + (f"  {m.note}" if m.note else "")
         )

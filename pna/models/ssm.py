@@ -50,6 +50,93 @@ class SSMConfig:
         return self.expand * self.d_model
 
 
+def _bias_part(bias: Tensor | None, start: int, stop: int) -> Tensor | None:
+    return None if bias is None else bias[start:stop]
+
+
+def _batch_sum_mm(channels: Tensor, rows: Tensor) -> Tensor:
+    """sum_b channels[b] @ rows[b] for channels (B, M, L) and rows (B, L, K) -> (M, K), as one matmul over B * L.
+
+    channels is regrouped to (M, B, L) first: a copy of whole rows of L contiguous values, not a transpose."""
+    batch, m, length = channels.shape
+    return channels.transpose(0, 1).reshape(m, batch * length) @ rows.reshape(batch * length, rows.shape[-1])
+
+
+class _RowsToChannels(torch.autograd.Function):
+    """F.linear(x, weight) transposed to channel-first: x (B, L, K), weight (M, K) -> (B, M, L), contiguous."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        return torch.bmm(weight.expand(x.shape[0], -1, -1), x.mT)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
+        x, weight = ctx.saved_tensors
+        grad_x = torch.bmm(grad.mT, weight.expand(x.shape[0], -1, -1))  # (B, L, K), contiguous
+        return grad_x, _batch_sum_mm(grad, x)
+
+
+class _ChannelsToRows(torch.autograd.Function):
+    """F.linear(y.transpose(1, 2), weight) for channel-first y (B, K, L), weight (M, K) -> (B, L, M), contiguous."""
+
+    @staticmethod
+    def forward(ctx, y: Tensor, weight: Tensor) -> Tensor:
+        ctx.save_for_backward(y, weight)
+        return torch.bmm(y.mT, weight.t().expand(y.shape[0], -1, -1))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
+        y, weight = ctx.saved_tensors
+        grad_y = torch.bmm(weight.t().expand(y.shape[0], -1, -1), grad.mT)  # (B, K, L), contiguous
+        return grad_y, _batch_sum_mm(y, grad).t()
+
+
+def _rows_to_channels(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """x (B, L, K) -> (x @ weight.T + bias) transposed to (B, M, L), computed in that layout."""
+    out = _RowsToChannels.apply(x, weight)
+    return out if bias is None else out + bias[:, None]
+
+
+def _channels_to_rows(y: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """y (B, K, L) -> y.transpose(1, 2) @ weight.T + bias, (B, L, M), computed without transposing y."""
+    out = _ChannelsToRows.apply(y, weight)
+    return out if bias is None else out + bias
+
+
+class _CausalDepthwiseConv(torch.autograd.Function):
+    """Causal depthwise conv1d of u (B, D, L) with weight (D, k) and bias (D,), as nn.Conv1d(groups=D,
+    padding=k - 1) cut to the first L outputs, as k shifted multiply-adds (the padded outputs are never made)."""
+
+    @staticmethod
+    def forward(ctx, u: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        ctx.save_for_backward(u, weight)
+        k, length = weight.shape[1], u.shape[-1]
+        padded = F.pad(u, (k - 1, 0))
+        out = torch.addcmul(bias[:, None], padded[..., k - 1:], weight[:, k - 1, None])
+        for j in range(k - 1):
+            out.addcmul_(padded[..., j:j + length], weight[:, j, None])
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        u, weight = ctx.saved_tensors
+        k, length = weight.shape[1], u.shape[-1]
+        # out[t] = bias + sum_j weight[j] u[t - (k - 1) + j]: u[s] reaches out[s + (k - 1) - j]
+        grad_padded = F.pad(grad, (0, k - 1))
+        grad_u = grad * weight[:, k - 1, None]
+        for j in range(k - 1):
+            grad_u.addcmul_(grad_padded[..., k - 1 - j:k - 1 - j + length], weight[:, j, None])
+        padded = F.pad(u, (k - 1, 0))
+        grad_weight = torch.stack([(grad * padded[..., j:j + length]).sum((0, 2)) for j in range(k)], dim=1)
+        return grad_u, grad_weight, grad.sum((0, 2))
+
+
+def _causal_depthwise_conv(u: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """u (B, D, L) -> the causal depthwise conv (B, D, L) with weight (D, k) and bias (D,)."""
+    return _CausalDepthwiseConv.apply(u, weight, bias)
+
+
 class S6Block(nn.Module):
     """One Mamba-1 selective-SSM mixer returning its output and the per-token state entropy and halt logit."""
 
@@ -95,21 +182,37 @@ class S6Block(nn.Module):
 
         The halt feature is the probe's halt logits (B, L), or in the faithful variant s (B, L, N), the state
         averaged over channels; the channel mean s (B, L, N) float32 is returned when asked (always in the
-        faithful variant), else None."""
-        length = x.shape[1]
-        u, z = self.in_proj(x).chunk(2, dim=-1)
-        u = F.silu(self.conv(u.transpose(1, 2))[..., :length].transpose(1, 2))
-        delta, B, C = self._project(u)
+        faithful variant), else None.
+
+        Inside the block the activations are kept channel-first, (B, channels, L), the fused op's layout: the
+        projections in and out are batched matmuls that read and write that layout directly (_rows_to_channels,
+        _channels_to_rows), so no (B, L, d_inner) <-> (B, d_inner, L) transposed copy is made either way."""
+        length, d_inner = x.shape[1], self.cfg.d_inner
+        u = _rows_to_channels(x, self.in_proj.weight[:d_inner], _bias_part(self.in_proj.bias, 0, d_inner))
+        z = _rows_to_channels(x, self.in_proj.weight[d_inner:], _bias_part(self.in_proj.bias, d_inner, 2 * d_inner))
+        u = F.silu(_causal_depthwise_conv(u, self.conv.weight[:, 0], self.conv.bias))
+        delta, B, C = self._project_channels(u)
         faithful = self.cfg.faithful
         probe = {} if faithful else {"halt_weight": self.halt_weight, "halt_bias": self.halt_bias}
         # The activations come from this model's own layers; a NaN among them reaches the loss, which the trainer
-        # checks, so the op's data scan for NaN/Inf (~7% of a CPU training step) is skipped here.
+        # checks, so the op's data scan for NaN/Inf is skipped here.
         y, entropy, halt_logits, _, channel_mean = pna_kernels.selective_scan(
-            u.transpose(1, 2), delta.transpose(1, 2), -torch.exp(self.A_log.float()), B.transpose(1, 2),
-            C.transpose(1, 2), self.D.float(), z.transpose(1, 2), **self._scan_args(), **probe,
+            u, delta, -torch.exp(self.A_log.float()), B, C, self.D.float(), z, **self._scan_args(), **probe,
             return_channel_mean=faithful or return_channel_mean, check_finite=False,
         )
-        return self.out_proj(y.transpose(1, 2)), entropy, channel_mean if faithful else halt_logits, channel_mean
+        out = _channels_to_rows(y, self.out_proj.weight, self.out_proj.bias)
+        return out, entropy, channel_mean if faithful else halt_logits, channel_mean
+
+    def _project_channels(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """u (B, d_inner, L) -> delta (B, d_inner, L) (without bias), B, C (B, N, L): _project, channel-first."""
+        batch = u.shape[0]
+        proj = torch.bmm(self.x_proj.weight.expand(batch, -1, -1), u)
+        if self.x_proj.bias is not None:
+            proj = proj + self.x_proj.bias[:, None]
+        dt_raw, B, C = torch.split(proj, [self.dt_rank, self.cfg.d_state, self.cfg.d_state], dim=1)
+        if self.cfg.faithful:
+            return torch.ones_like(u), B, C
+        return torch.bmm(self.dt_proj.weight.expand(batch, -1, -1), dt_raw), B, C
 
     def init_cache(self, batch: int, device: torch.device) -> dict[str, Tensor]:
         """Decoding state: the last d_conv - 1 conv inputs and the recurrent state (fp32)."""
