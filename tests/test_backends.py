@@ -205,10 +205,11 @@ def test_opcheck(backend, with_channel_mean):
 SMALL_CHUNK = 8  # steps per chunk for every backend that takes a chunk size (the CUDA kernels' is fixed)
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def small_triton_tiles(monkeypatch):
     """Triton tiles of 2 * 4 * SMALL_CHUNK elements (BLOCK_D 2 for N = 4, 1 for N >= 16) and decode tiles of 8, so
-    a group's channels span several D-blocks, the last one partly masked; other backends ignore them."""
+    a group's channels span several D-blocks, the last one partly masked; other backends ignore them. (The public
+    tests above keep the default tiles.)"""
     monkeypatch.setattr(triton_common, "SCAN_TILE_ELEMENTS", 2 * 4 * SMALL_CHUNK)
     monkeypatch.setattr(triton_common, "STATE_TILE_ELEMENTS", 2 * 4)
 
@@ -241,6 +242,7 @@ KERNEL_CASES = {  # every L * D * N <= ~8k (Triton's interpreter); L spans 1-3 c
 }
 
 
+@pytest.mark.usefixtures("small_triton_tiles")
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=dtype_id)
 @pytest.mark.parametrize("case", KERNEL_CASES.values(), ids=KERNEL_CASES.keys())
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -250,6 +252,7 @@ def test_kernels_match_oracle(backend, case, dtype):
     check_kernels(module, args, dtype)
 
 
+@pytest.mark.usefixtures("small_triton_tiles")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=dtype_id)
 @pytest.mark.parametrize("case", [ScanCase(2, 6, 19, 4, 2), ScanCase(2, 9, 21, 4)], ids=["N4-2groups", "9ch"])
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -259,6 +262,7 @@ def test_half_precision_kernels_match_oracle(backend, case, dtype):
     check_kernels(module, scan_args(case.inputs(dtype, device), True, chunk), dtype)
 
 
+@pytest.mark.usefixtures("small_triton_tiles")
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=dtype_id)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_kernels_zero_states(backend, dtype):
@@ -274,6 +278,7 @@ def test_kernels_zero_states(backend, dtype):
     assert torch.equal(result.entropy[:, :zero_steps], torch.zeros_like(result.entropy[:, :zero_steps]))
 
 
+@pytest.mark.usefixtures("small_triton_tiles")
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_kernels_checkpoints_and_chunk_size(backend):
     """Checkpoints are the oracle's states before every chunk, and the gradients do not depend on the chunk."""
@@ -325,6 +330,7 @@ def poisoning(backend: tuple[str, str], monkeypatch):
     pytest.skip(f"{name}: its outputs are not buffers allocated by the Python side or the CUDA cache")
 
 
+@pytest.mark.usefixtures("small_triton_tiles")
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_every_output_element_is_written(backend, monkeypatch):
     """Outputs, gradients and the decode step's outputs allocated NaN-filled: the kernels overwrite every element."""
@@ -357,6 +363,7 @@ STEP_CASES = {
 }
 
 
+@pytest.mark.usefixtures("small_triton_tiles")
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=dtype_id)
 @pytest.mark.parametrize("case", STEP_CASES.values(), ids=STEP_CASES.keys())
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -366,6 +373,7 @@ def test_kernel_step_matches_oracle(backend, case, dtype):
                                                                               case.softplus), RTOL[dtype])
 
 
+@pytest.mark.usefixtures("small_triton_tiles")
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=dtype_id)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_kernel_decode_loop_matches_scan(backend, dtype):
@@ -375,6 +383,7 @@ def test_kernel_decode_loop_matches_scan(backend, dtype):
                                            chunk, RTOL[dtype])
 
 
+@pytest.mark.usefixtures("small_triton_tiles")
 @pytest.mark.parametrize("value", [float("nan"), 1e30], ids=["nan", "overflow"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_kernel_non_finite_state_gives_nan_entropy(backend, value):
@@ -386,6 +395,7 @@ def test_kernel_non_finite_state_gives_nan_entropy(backend, value):
                                               chunk, value)
 
 
+@pytest.mark.usefixtures("small_triton_tiles")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_id)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_kernels_bitwise_for_any_thread_count(backend, dtype):
@@ -426,6 +436,7 @@ GPU_CASES = {  # sized for the CUDA kernels' blocks (32 channels for N = 4, 8 fo
 @pytest.mark.parametrize("case", GPU_CASES.values(), ids=GPU_CASES.keys())
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gpu_sizes_match_oracle(backend, case, dtype):
+    """The backends' default tiles at sizes that fill several of the GPU kernels' blocks and chunks."""
     if backend[1] != "cuda":
         pytest.skip("a GPU-sized case: runs where the backend's device is a GPU")
     module, device, chunk = kernels(backend, dtype, case.dstate)
