@@ -357,7 +357,9 @@ def test_every_output_element_is_written(backend, monkeypatch):
 
 STEP_CASES = {
     "N16-gate": ScanCase(3, 10, 2, 16),
+    "N16-2groups-gate": ScanCase(3, 10, 2, 16, 2),
     "N16-2groups-no-gate-no-softplus": ScanCase(3, 10, 2, 16, 2, with_z=False, softplus=False),
+    "N16-no-gate-no-softplus": ScanCase(2, 12, 2, 16, with_z=False, softplus=False),
     "N4-2groups": ScanCase(2, 6, 2, 4, 2),
     "N256-2groups": ScanCase(2, 12, 2, 256, 2),
 }
