@@ -191,6 +191,20 @@ def decode_inputs(x: dict[str, Tensor | None], t: int) -> dict[str, Tensor | Non
             "B": x["B"][..., t], "C": x["C"][..., t]}
 
 
+def state_update_inputs(x: dict[str, Tensor | None], t: int) -> dict[str, Tensor | None]:
+    """selective_state_update's tensor arguments by name for step t of random_scan_inputs' dict: the state a
+    clone of x's initial state (zeros without one), (batch, D, N); the step's activations as decode_inputs; the
+    parameters x's (dt_bias = delta_bias)."""
+    from .contract import compute_dtype
+
+    batch, dim, _ = x["u"].shape
+    state = x["initial_state"]
+    state = (torch.zeros(batch, dim, x["A"].shape[1], dtype=compute_dtype(x["u"].dtype), device=x["u"].device)
+             if state is None else state.clone())
+    return {"state": state, **decode_inputs(x, t), "A": x["A"], "D": x["D"], "dt_bias": x["delta_bias"],
+            "halt_weight": x["halt_weight"], "halt_bias": x["halt_bias"]}
+
+
 def assert_state_update_matches_oracle(x: dict[str, Tensor | None], t: int, backend: str, dt_softplus: bool,
                                        rtol: float) -> None:
     """One decode step of `backend` from x["initial_state"] with step t of the scan inputs x: y, entropy,
@@ -314,19 +328,10 @@ def assert_kernels_match_oracle(forward: ScanForward, backward: ScanBackward, ar
 
 
 def state_update_args(x: dict[str, Tensor | None], t: int, dt_softplus: bool) -> StateUpdateArgs:
-    """Step t of random_scan_inputs' dict as canonical decode-step inputs (validation.check_state_update_inputs),
-    from a clone of x's initial state (zeros without one)."""
-    from .contract import compute_dtype
+    """The canonical decode-step inputs (validation.check_state_update_inputs) of state_update_inputs(x, t)."""
     from .validation import check_state_update_inputs
 
-    batch, dim, _ = x["u"].shape
-    state = x["initial_state"]
-    state = (torch.zeros(batch, dim, x["A"].shape[1], dtype=compute_dtype(x["u"].dtype), device=x["u"].device)
-             if state is None else state.clone())
-    step = decode_inputs(x, t)
-    return check_state_update_inputs(state, step["x"], step["dt"], x["A"], step["B"], step["C"], x["D"], step["z"],
-                                     x["delta_bias"], dt_softplus, x["halt_weight"], x["halt_bias"],
-                                     check_finite=False)
+    return check_state_update_inputs(**state_update_inputs(x, t), dt_softplus=dt_softplus, check_finite=False)
 
 
 def assert_kernel_step_matches_oracle(step: StateStep, args: StateUpdateArgs, rtol: float) -> None:

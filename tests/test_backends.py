@@ -234,9 +234,9 @@ KERNEL_CASES = {  # every L * D * N <= ~8k (Triton's interpreter); L spans 1-3 c
     "N256": ScanCase(1, 2, 5, 256, 2, softplus=False),
     "N1-ungrouped": ScanCase(1, 7, 20, 1, grouped=False),
     "N64-3groups": ScanCase(1, 9, 13, 64, 3),
-    "37ch-N16": ScanCase(1, 37, 13, 16),
-    "17-per-group-no-softplus": ScanCase(2, 34, 30, 4, 2, with_z=False, softplus=False),
-    "3-per-group-no-init": ScanCase(3, 6, 40, 16, 2, with_init=False),
+    "37ch": ScanCase(1, 37, 13, 4),
+    "17-per-group-no-softplus": ScanCase(2, 34, 17, 4, 2, with_z=False, softplus=False),
+    "3-per-group-no-init": ScanCase(3, 6, 20, 16, 2, with_init=False),
     "into-third-chunk-no-mean": ScanCase(1, 7, 17, 4, with_z=False, with_init=False, with_channel_mean=False),
     "single-step": ScanCase(1, 5, 1, 4, with_init=False),
 }
@@ -254,12 +254,11 @@ def test_kernels_match_oracle(backend, case, dtype):
 
 @pytest.mark.usefixtures("small_triton_tiles")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=dtype_id)
-@pytest.mark.parametrize("case", [ScanCase(2, 6, 19, 4, 2), ScanCase(2, 9, 21, 4)], ids=["N4-2groups", "9ch"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_half_precision_kernels_match_oracle(backend, case, dtype):
+def test_half_precision_kernels_match_oracle(backend, dtype):
     """bf16/fp16 activations, upcast inside: within their tier of the float64 oracle."""
     module, device, chunk = kernels(backend, dtype)
-    check_kernels(module, scan_args(case.inputs(dtype, device), True, chunk), dtype)
+    check_kernels(module, scan_args(ScanCase(2, 6, 19, 4, 2).inputs(dtype, device), True, chunk), dtype)
 
 
 @pytest.mark.usefixtures("small_triton_tiles")
@@ -403,8 +402,10 @@ def test_kernel_non_finite_state_gives_nan_entropy(backend, value):
 def test_kernels_bitwise_for_any_thread_count(backend, dtype):
     """Two runs, and a run on one CPU thread, give bitwise-equal outputs and gradients (no float atomics, no
     thread-count-dependent sums; D = 24 spans several of the cpu kernels' channel blocks). On a GPU: a size
-    spanning several blocks and chunks."""
+    spanning several blocks and chunks, bf16 too."""
     module, device, chunk = kernels(backend, dtype, 16)
+    if dtype != torch.float32 and device != "cuda":
+        pytest.skip("the CPU backends sum in float32 whatever the input dtype: float32 covers them")
     case = {"cuda": ScanCase(2, 48, 150, 16, 2), "triton": ScanCase(2, 6, 19, 4, 2)}.get(
         "cuda" if device == "cuda" else backend[0], ScanCase(2, 24, 20, 16, 2))  # Triton on the CPU: interpreted
     args = scan_args(case.inputs(dtype, device), True, chunk)
