@@ -207,27 +207,18 @@ def state_update_inputs(x: dict[str, Tensor | None], t: int) -> dict[str, Tensor
 
 def assert_state_update_matches_oracle(x: dict[str, Tensor | None], t: int, backend: str, dt_softplus: bool,
                                        rtol: float) -> None:
-    """One decode step of `backend` from x["initial_state"] with step t of the scan inputs x: y, entropy,
-    halt_logits, channel_mean and the updated state within rtol of the float64 oracle, y in x's dtype."""
-    from . import selective_state_update  # the public op; imported here so this module loads without the ops
-    from .reference import selective_state_update_ref
+    """One decode step of `backend` (state_update_inputs(x, t)): y, entropy, halt_logits, channel_mean and the
+    updated state within rtol of the reference backend's step in float64, y in x's dtype."""
+    from . import reference, selective_state_update  # imported here so this module loads without the ops
 
-    step = decode_inputs(x, t)
-    state = x["initial_state"].clone()
-    state64 = x["initial_state"].double()
-    got = selective_state_update(
-        state, step["x"], step["dt"], x["A"], step["B"], step["C"], x["D"], step["z"], x["delta_bias"], dt_softplus,
-        halt_weight=x["halt_weight"], halt_bias=x["halt_bias"], return_channel_mean=True, backend=backend,
-    )
-    as64 = {k: None if v is None else v.double() for k, v in (*x.items(), *step.items())}  # step wins
-    want = selective_state_update_ref(
-        state64, as64["x"], as64["dt"], as64["A"], as64["B"], as64["C"], as64["D"], as64["z"], as64["delta_bias"],
-        dt_softplus, as64["halt_weight"], as64["halt_bias"],
-    )
-    for name, g, w in zip(("y", "entropy", "halt_logits", "channel_mean"), got, (*want, state64.mean(dim=1))):
-        assert_close_rel(name, g, w, rtol)
-    assert got[0].dtype == step["x"].dtype
-    assert_close_rel("state", state, state64, rtol)
+    kw = state_update_inputs(x, t)
+    want_args = _float64(state_update_args(x, t, dt_softplus))
+    got = selective_state_update(**kw, dt_softplus=dt_softplus, return_channel_mean=True, backend=backend)
+    want = reference.state_update(want_args)
+    for name, g in zip(fields_of(StateUpdateResult), got, strict=True):
+        assert_close_rel(name, g, getattr(want, name), rtol)
+    assert got[0].dtype == kw["x"].dtype
+    assert_close_rel("state", kw["state"], want_args.state, rtol)
 
 
 def assert_decode_loop_matches_scan(x: dict[str, Tensor | None], backend: str, rtol: float) -> None:
@@ -237,14 +228,9 @@ def assert_decode_loop_matches_scan(x: dict[str, Tensor | None], backend: str, r
     from . import selective_state_update  # the public op
 
     full = run_scan(x, backend, True, return_channel_mean=True)
-    state = x["initial_state"].clone()
-    steps = []
-    for t in range(x["u"].shape[-1]):
-        step = decode_inputs(x, t)
-        steps.append(selective_state_update(
-            state, step["x"], step["dt"], x["A"], step["B"], step["C"], x["D"], step["z"], x["delta_bias"], True,
-            halt_weight=x["halt_weight"], halt_bias=x["halt_bias"], return_channel_mean=True, backend=backend,
-        ))
+    state = state_update_inputs(x, 0)["state"]
+    steps = [selective_state_update(**{**state_update_inputs(x, t), "state": state}, dt_softplus=True,
+                                    return_channel_mean=True, backend=backend) for t in range(x["u"].shape[-1])]
     ys, entropies, halts, means = (torch.stack(parts, -1) for parts in zip(*steps))
     state_rtol = RTOL[state.dtype]
     assert_close_rel("out", ys, full.out, rtol)

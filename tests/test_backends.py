@@ -32,7 +32,6 @@ from pna_kernels.testing import (
     decode_inputs, kernel_oracle, random_scan_inputs, run_kernels, run_scan, scan_args, scan_cotangents,
     scan_with_grads, state_update_args,
 )
-from pna_kernels.validation import check_scan_inputs, check_state_update_inputs
 
 GPU = torch.cuda.is_available()
 # (backend, device): the GPU backends on the GPU when there is one; Triton otherwise under the interpreter.
@@ -184,8 +183,7 @@ def test_opcheck(backend, with_channel_mean):
     """torch.library.opcheck of the forward, backward and decode-step ops on this backend."""
     name, device = usable(backend)
     x, _ = make_inputs((2, 4, 6, 4, 2, True, True, True, True), torch.float32, device, seed=8)
-    args = check_scan_inputs(**x, delta_softplus=True, chunk_size=chunk_size(name),
-                             with_channel_mean=with_channel_mean)
+    args = scan_args(x, True, chunk_size(name), with_channel_mean)
     grad_args = replace(args, **{k: getattr(args, k).detach().requires_grad_(True) for k in ("u", "A", "B")})
     torch.library.opcheck(torch.ops.pna.selective_scan_fwd, (*flatten(grad_args), name))
     res = unflatten(ScanResult, torch.ops.pna.selective_scan_fwd(*flatten(args), name))
@@ -193,10 +191,7 @@ def test_opcheck(backend, with_channel_mean):
     cot = ScanCotangents(**{c: torch.randn(getattr(res, o).shape, generator=gen).to(device, getattr(res, o).dtype)
                             for o, c in COTANGENT_OF.items()})
     torch.library.opcheck(torch.ops.pna.selective_scan_bwd, (*flatten(args), *flatten(res.saved), *flatten(cot), name))
-    step = decode_inputs(x, 0)
-    state = check_state_update_inputs(x["initial_state"].clone(), step["x"], step["dt"], x["A"], step["B"], step["C"],
-                                      x["D"], step["z"], x["delta_bias"], True, x["halt_weight"], x["halt_bias"])
-    torch.library.opcheck(torch.ops.pna.selective_state_update, (*flatten(state), name))
+    torch.library.opcheck(torch.ops.pna.selective_state_update, (*flatten(state_update_args(x, 0, True)), name))
 
 
 # ---------------------------------------------------------------------------------------------------------------
