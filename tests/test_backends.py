@@ -29,7 +29,7 @@ from pna_kernels.testing import (
     RTOL, ScanCase, assert_bitwise_equal, assert_close_rel, assert_decode_loop_matches_scan,
     assert_kernel_decode_loop_matches_scan, assert_kernel_step_matches_oracle, assert_kernels_match_oracle,
     assert_matches_oracle, assert_non_finite_state_gives_nan_entropy, assert_state_update_matches_oracle, cotangents,
-    decode_inputs, kernel_oracle, random_scan_inputs, run_kernels, run_scan, scan_args, scan_cotangents,
+    decode_inputs, kernel_oracle, run_kernels, run_scan, scan_args, scan_cotangents,
     scan_with_grads, state_update_args,
 )
 
@@ -59,39 +59,30 @@ def usable(backend: tuple[str, str], dtype: torch.dtype = torch.float32, dstate:
     return name, device
 
 
-SHAPES = [
-    # batch, D, L, N, groups, grouped B/C, z, initial_state, softplus
-    pytest.param((1, 3, 1, 2, 1, False, True, True, True), id="one_step"),
-    pytest.param((2, 6, 19, 4, 2, True, True, False, True), id="grouped_no_init"),
-    pytest.param((2, 4, 37, 8, 1, False, False, True, False), id="ungrouped_no_softplus"),
-    pytest.param((1, 4, 70, 4, 4, True, True, True, True), id="partial_chunks"),
-]
-
-
-def make_inputs(shape: tuple, dtype: torch.dtype, device: str, seed: int = 0) -> tuple[dict, bool]:
-    batch, dim, length, dstate, groups, grouped, with_z, with_init, softplus = shape
-    x = random_scan_inputs(batch, dim, length, dstate, groups=groups, dtype=dtype, device=device,
-                           seed=seed + length, with_z=with_z, with_initial_state=with_init, grouped_bc=grouped,
-                           delta_softplus=softplus)
-    return x, softplus
+SHAPES = {
+    "one_step": ScanCase(1, 3, 1, 2, grouped=False),
+    "grouped_no_init": ScanCase(2, 6, 19, 4, 2, with_init=False),
+    "ungrouped_no_softplus": ScanCase(2, 4, 37, 8, grouped=False, with_z=False, softplus=False),
+    "partial_chunks": ScanCase(1, 4, 70, 4, 4),
+}
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=dtype_id)
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("case", SHAPES.values(), ids=SHAPES.keys())
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_forward_and_gradients_match_oracle(backend, shape, dtype):
+def test_forward_and_gradients_match_oracle(backend, case, dtype):
     """out, entropy, halt_logits, last_state, channel_mean and the gradient of every input."""
-    name, device = usable(backend, dtype, shape[3])
-    x, softplus = make_inputs(shape, dtype, device)
-    assert_matches_oracle(x, name, softplus, RTOL[dtype], with_channel_mean=True)
+    name, device = usable(backend, dtype, case.dstate)
+    x = case.inputs(dtype, device, seed=case.length)
+    assert_matches_oracle(x, name, case.softplus, RTOL[dtype], with_channel_mean=True)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_without_channel_mean_matches_oracle(backend):
     """The default call (no channel mean asked): the four outputs and every gradient."""
     name, device = usable(backend)
-    x, softplus = make_inputs((2, 6, 19, 4, 2, True, True, True, True), torch.float32, device, seed=1)
-    assert_matches_oracle(x, name, softplus, RTOL[torch.float32])
+    x = ScanCase(2, 6, 19, 4, 2).inputs(torch.float32, device, seed=20)
+    assert_matches_oracle(x, name, True, RTOL[torch.float32])
     assert run_scan(x, name).channel_mean is None
 
 
@@ -99,13 +90,13 @@ def test_without_channel_mean_matches_oracle(backend):
 def test_channel_mean_is_the_mean_of_the_states_over_channels(backend):
     """Only the channel mean carries a cotangent: its gradient alone matches the oracle's."""
     name, device = usable(backend)
-    x, softplus = make_inputs((2, 4, 21, 4, 2, True, True, True, True), torch.float32, device, seed=2)
+    x = ScanCase(2, 4, 21, 4, 2).inputs(torch.float32, device, seed=23)
     batch, dim, length = x["u"].shape
     cot = cotangents(batch, dim, length, 4, device, with_channel_mean=True)
     only_mean = tuple(torch.zeros_like(c) for c in cot[:-1]) + cot[-1:]
-    got_out, got_grad = scan_with_grads(x, name, softplus, only_mean)
+    got_out, got_grad = scan_with_grads(x, name, True, only_mean)
     want_out, want_grad = scan_with_grads({k: None if v is None else v.double() for k, v in x.items()},
-                                          "reference", softplus, only_mean)
+                                          "reference", True, only_mean)
     torch.testing.assert_close(got_out["channel_mean"], want_out["channel_mean"].float(), rtol=1e-4, atol=1e-5)
     for key, want in want_grad.items():
         torch.testing.assert_close(got_grad[key].double(), want, rtol=1e-3, atol=1e-5, msg=f"d{key}")
@@ -116,14 +107,14 @@ def test_channel_mean_is_the_mean_of_the_states_over_channels(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_state_update_matches_oracle(backend, dtype, softplus):
     name, device = usable(backend, dtype)
-    x, _ = make_inputs((2, 6, 3, 4, 3, True, True, True, softplus), dtype, device, seed=3)
+    x = ScanCase(2, 6, 3, 4, 3, softplus=softplus).inputs(dtype, device, seed=6)
     assert_state_update_matches_oracle(x, 1, name, softplus, RTOL[dtype])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_decode_loop_matches_scan(backend):
     name, device = usable(backend)
-    x, _ = make_inputs((2, 4, 23, 4, 2, True, True, True, True), torch.float32, device, seed=4)
+    x = ScanCase(2, 4, 23, 4, 2).inputs(torch.float32, device, seed=27)
     assert_decode_loop_matches_scan(x, name, RTOL[torch.float32])
 
 
@@ -133,7 +124,7 @@ def test_non_finite_state_gives_nan_entropy(backend, bad):
     """Once the state holds Inf or NaN (or its energy sum overflows) the entropy is NaN, never a finite number;
     before that it is finite. The decode step likewise."""
     name, device = usable(backend)
-    x, _ = make_inputs((1, 4, 12, 4, 1, True, False, False, True), torch.float32, device, seed=5)
+    x = ScanCase(1, 4, 12, 4, with_z=False, with_init=False).inputs(torch.float32, device, seed=17)
     t_bad = 5
     x["u"][:, 1, t_bad] = {"inf": float("inf"), "nan": float("nan"), "overflow": 3e38}[bad]
     x["A"] = torch.full_like(x["A"], -1e-3)  # slow decay: the bad value stays in the state
@@ -152,13 +143,13 @@ def test_non_finite_state_gives_nan_entropy(backend, bad):
 def test_zero_state_has_zero_entropy_and_finite_gradients(backend):
     """h_t = 0 (no input, no initial state) across a chunk boundary: entropy exactly 0, every gradient finite."""
     name, device = usable(backend)
-    x, softplus = make_inputs((2, 4, 40, 4, 2, True, True, False, True), torch.float32, device, seed=6)
+    x = ScanCase(2, 4, 40, 4, 2, with_init=False).inputs(torch.float32, device, seed=46)
     x["u"][:, :, :20] = 0.0
     res = run_scan(x, name, return_channel_mean=True)
     assert torch.equal(res.entropy[:, :20], torch.zeros_like(res.entropy[:, :20]))
     assert torch.equal(res.channel_mean[:, :20], torch.zeros_like(res.channel_mean[:, :20]))
     cot = cotangents(2, 4, 40, 4, device, with_channel_mean=True)
-    _, grads = scan_with_grads(x, name, softplus, cot)
+    _, grads = scan_with_grads(x, name, True, cot)
     for key, g in grads.items():
         assert torch.isfinite(g).all(), key
 
@@ -167,10 +158,10 @@ def test_zero_state_has_zero_entropy_and_finite_gradients(backend):
 def test_repeat_runs_are_bitwise_equal(backend):
     """Deterministic: the same inputs give the same bits, forward and backward (no float atomics)."""
     name, device = usable(backend)
-    x, softplus = make_inputs((2, 8, 40, 4, 2, True, True, True, True), torch.float32, device, seed=7)
+    x = ScanCase(2, 8, 40, 4, 2).inputs(torch.float32, device, seed=47)
     cot = cotangents(2, 8, 40, 4, device, with_channel_mean=True)
-    first_out, first_grad = scan_with_grads(x, name, softplus, cot)
-    second_out, second_grad = scan_with_grads(x, name, softplus, cot)
+    first_out, first_grad = scan_with_grads(x, name, True, cot)
+    second_out, second_grad = scan_with_grads(x, name, True, cot)
     for key in first_out:
         assert torch.equal(first_out[key], second_out[key]), key
     for key in first_grad:
@@ -182,7 +173,7 @@ def test_repeat_runs_are_bitwise_equal(backend):
 def test_opcheck(backend, with_channel_mean):
     """torch.library.opcheck of the forward, backward and decode-step ops on this backend."""
     name, device = usable(backend)
-    x, _ = make_inputs((2, 4, 6, 4, 2, True, True, True, True), torch.float32, device, seed=8)
+    x = ScanCase(2, 4, 6, 4, 2).inputs(torch.float32, device, seed=14)
     args = scan_args(x, True, chunk_size(name), with_channel_mean)
     grad_args = replace(args, **{k: getattr(args, k).detach().requires_grad_(True) for k in ("u", "A", "B")})
     torch.library.opcheck(torch.ops.pna.selective_scan_fwd, (*flatten(grad_args), name))
