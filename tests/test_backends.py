@@ -219,21 +219,27 @@ KERNEL_CASES = {  # every L * D * N <= ~8k (Triton's interpreter); L spans 1-3 c
     "N5-padded": ScanCase(2, 4, 11, 5, 2),
     "N256": ScanCase(1, 2, 5, 256, 2, softplus=False),
     "N1-ungrouped": ScanCase(1, 7, 20, 1, grouped=False),
+    "into-third-chunk-no-mean": ScanCase(1, 7, 17, 4, with_z=False, with_init=False, with_channel_mean=False),
+    "single-step": ScanCase(1, 5, 1, 4, with_init=False),
+    # Channel counts for the native kernels' blocks (16 channels per block on the CPU) and three groups; under the
+    # interpreter Triton skips these (its small tiles above already split groups into several blocks).
     "N64-3groups": ScanCase(1, 9, 13, 64, 3),
     "37ch": ScanCase(1, 37, 13, 4),
     "17-per-group-no-softplus": ScanCase(2, 34, 17, 4, 2, with_z=False, softplus=False),
     "3-per-group-no-init": ScanCase(3, 6, 20, 16, 2, with_init=False),
-    "into-third-chunk-no-mean": ScanCase(1, 7, 17, 4, with_z=False, with_init=False, with_channel_mean=False),
-    "single-step": ScanCase(1, 5, 1, 4, with_init=False),
 }
+NATIVE_BLOCK_CASES = ("N64-3groups", "37ch", "17-per-group-no-softplus", "3-per-group-no-init")
 
 
 @pytest.mark.usefixtures("small_triton_tiles")
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=dtype_id)
-@pytest.mark.parametrize("case", KERNEL_CASES.values(), ids=KERNEL_CASES.keys())
+@pytest.mark.parametrize("case_id", KERNEL_CASES)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_kernels_match_oracle(backend, case, dtype):
+def test_kernels_match_oracle(backend, case_id, dtype):
+    case = KERNEL_CASES[case_id]
     module, device, chunk = kernels(backend, dtype, case.dstate)
+    if backend[0] == "triton" and device == "cpu" and case_id in NATIVE_BLOCK_CASES:
+        pytest.skip("sized for the native kernels' channel blocks; Triton's small tiles split groups in the cases above")
     args = scan_args(case.inputs(dtype, device), case.softplus, chunk, case.with_channel_mean)
     check_kernels(module, args, dtype)
 
