@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from .contract import (
-    ScanArgs, ScanCotangents, ScanGrads, ScanResult, ScanSaved, StateUpdateArgs, StateUpdateResult, fields_of, tensor_fields,
+    ScanArgs, ScanCotangents, ScanGrads, ScanResult, ScanSaved, StateUpdateArgs, StateUpdateResult, fields_of,
+    tensor_fields,
 )
 
 # Relative tolerance of a backend against the float64 oracle, by input dtype (mamba-ssm's tiers).

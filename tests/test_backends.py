@@ -239,7 +239,7 @@ def test_kernels_match_oracle(backend, case_id, dtype):
     case = KERNEL_CASES[case_id]
     module, device, chunk = kernels(backend, dtype, case.dstate)
     if backend[0] == "triton" and device == "cpu" and case_id in NATIVE_BLOCK_CASES:
-        pytest.skip("sized for the native kernels' channel blocks; Triton's small tiles split groups in the cases above")
+        pytest.skip("sized for the native kernels' channel blocks; Triton's small tiles split groups above")
     args = scan_args(case.inputs(dtype, device), case.softplus, chunk, case.with_channel_mean)
     check_kernels(module, args, dtype)
 
