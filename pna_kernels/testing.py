@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 from .contract import (
-    ScanArgs, ScanCotangents, ScanGrads, ScanResult, ScanSaved, StateUpdateArgs, StateUpdateResult, fields_of,
-    tensor_fields,
+    ScanArgs, ScanCotangents, ScanGrads, ScanResult, ScanSaved, StateUpdateArgs, StateUpdateResult, compute_dtype,
+    fields_of, tensor_fields,
 )
 
 # Relative tolerance of a backend against the float64 oracle, by input dtype (mamba-ssm's tiers).
@@ -196,8 +196,6 @@ def state_update_inputs(x: dict[str, Tensor | None], t: int) -> dict[str, Tensor
     """selective_state_update's tensor arguments by name for step t of random_scan_inputs' dict: the state a
     clone of x's initial state (zeros without one), (batch, D, N); the step's activations as decode_inputs; the
     parameters x's (dt_bias = delta_bias)."""
-    from .contract import compute_dtype
-
     batch, dim, _ = x["u"].shape
     state = x["initial_state"]
     state = (torch.zeros(batch, dim, x["A"].shape[1], dtype=compute_dtype(x["u"].dtype), device=x["u"].device)
@@ -291,8 +289,6 @@ def assert_kernels_match_oracle(forward: ScanForward, backward: ScanBackward, ar
                                 rtol: float) -> ScanResult:
     """A backend's forward (every public output, the channel mean when asked, the empty (0,) tensor when not) and
     backward (every gradient, in its input's dtype) within rtol of kernel_oracle; returns the forward's result."""
-    from .contract import compute_dtype
-
     cot = scan_cotangents(args)
     want, want_grads = kernel_oracle(args, cot)
     got = forward(args)
