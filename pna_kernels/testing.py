@@ -1,10 +1,26 @@
-"""Random inputs and comparison helpers shared by the parity tests and the benchmarks."""
+"""Random inputs and the float64-oracle parity checks shared by the tests and the benchmarks, at two levels.
+
+One input builder, `random_scan_inputs`, gives a dict of selective_scan's tensor inputs. The public level
+(`run_scan`, `scan_with_grads`, `assert_matches_oracle`, `assert_state_update_matches_oracle`,
+`assert_decode_loop_matches_scan`) calls pna_kernels.selective_scan / selective_state_update with a backend name.
+The contract level (`scan_args`, `assert_kernels_match_oracle`, `assert_kernel_step_matches_oracle`,
+`assert_kernel_decode_loop_matches_scan`, ...) calls a backend's scan_forward / scan_backward / state_update (or
+any function with the same contract, e.g. kernels under host emulation) with pna_kernels.contract objects, so a
+test can choose the chunk size. The oracle at both levels is the reference backend run in float64 on the same
+(already rounded) inputs.
+"""
 from __future__ import annotations
+
+import dataclasses
+from typing import Callable
 
 import torch
 from torch import Tensor
 
-from .contract import ScanArgs, tensor_fields
+from .contract import (
+    ScanArgs, ScanCotangents, ScanGrads, ScanResult, ScanSaved, StateUpdateArgs, StateUpdateResult, compute_dtype,
+    fields_of, tensor_fields,
+)
 
 # Relative tolerance of a backend against the float64 oracle, by input dtype (mamba-ssm's tiers).
 RTOL = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
@@ -59,6 +75,32 @@ def random_scan_inputs(
         inputs["delta"] = torch.nn.functional.softplus(inputs["delta"].double()).to(dtype)
         inputs["delta_bias"] = inputs["delta_bias"].abs()
     return inputs
+
+
+@dataclasses.dataclass(frozen=True)
+class ScanCase:
+    """The shape and options of one parity case: batch, D (dim), L (length), N (dstate), G (groups) B/C groups,
+    grouped B/C (batch, G, N, L) or ungrouped (batch, N, L), gate z, initial state, softplus on delta, and whether
+    the channel mean is asked."""
+
+    batch: int
+    dim: int
+    length: int
+    dstate: int
+    groups: int = 1
+    grouped: bool = True
+    with_z: bool = True
+    with_init: bool = True
+    softplus: bool = True
+    with_channel_mean: bool = True
+
+    def inputs(self, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+               seed: int | None = None) -> dict[str, Tensor | None]:
+        """random_scan_inputs of this case (seeded by the shape unless `seed` is given)."""
+        return random_scan_inputs(self.batch, self.dim, self.length, self.dstate, groups=self.groups, dtype=dtype,
+                                  device=device, seed=self.length + self.dim + self.dstate if seed is None else seed,
+                                  with_z=self.with_z, with_initial_state=self.with_init, grouped_bc=self.grouped,
+                                  delta_softplus=self.softplus)
 
 
 def run_scan(x: dict[str, Tensor | None], backend: str, delta_softplus: bool = True, **options):
@@ -150,29 +192,32 @@ def decode_inputs(x: dict[str, Tensor | None], t: int) -> dict[str, Tensor | Non
             "B": x["B"][..., t], "C": x["C"][..., t]}
 
 
+def state_update_inputs(x: dict[str, Tensor | None], t: int) -> dict[str, Tensor | None]:
+    """selective_state_update's tensor arguments by name for step t of random_scan_inputs' dict: the state a
+    clone of x's initial state (zeros without one), (batch, D, N); the step's activations as decode_inputs; the
+    parameters x's (dt_bias = delta_bias)."""
+    batch, dim, _ = x["u"].shape
+    state = x["initial_state"]
+    state = (torch.zeros(batch, dim, x["A"].shape[1], dtype=compute_dtype(x["u"].dtype), device=x["u"].device)
+             if state is None else state.clone())
+    return {"state": state, **decode_inputs(x, t), "A": x["A"], "D": x["D"], "dt_bias": x["delta_bias"],
+            "halt_weight": x["halt_weight"], "halt_bias": x["halt_bias"]}
+
+
 def assert_state_update_matches_oracle(x: dict[str, Tensor | None], t: int, backend: str, dt_softplus: bool,
                                        rtol: float) -> None:
-    """One decode step of `backend` from x["initial_state"] with step t of the scan inputs x: y, entropy,
-    halt_logits, channel_mean and the updated state within rtol of the float64 oracle, y in x's dtype."""
-    from . import selective_state_update  # the public op; imported here so this module loads without the ops
-    from .reference import selective_state_update_ref
+    """One decode step of `backend` (state_update_inputs(x, t)): y, entropy, halt_logits, channel_mean and the
+    updated state within rtol of the reference backend's step in float64, y in x's dtype."""
+    from . import reference, selective_state_update  # imported here so this module loads without the ops
 
-    step = decode_inputs(x, t)
-    state = x["initial_state"].clone()
-    state64 = x["initial_state"].double()
-    got = selective_state_update(
-        state, step["x"], step["dt"], x["A"], step["B"], step["C"], x["D"], step["z"], x["delta_bias"], dt_softplus,
-        halt_weight=x["halt_weight"], halt_bias=x["halt_bias"], return_channel_mean=True, backend=backend,
-    )
-    as64 = {k: None if v is None else v.double() for k, v in (*x.items(), *step.items())}  # step wins
-    want = selective_state_update_ref(
-        state64, as64["x"], as64["dt"], as64["A"], as64["B"], as64["C"], as64["D"], as64["z"], as64["delta_bias"],
-        dt_softplus, as64["halt_weight"], as64["halt_bias"],
-    )
-    for name, g, w in zip(("y", "entropy", "halt_logits", "channel_mean"), got, (*want, state64.mean(dim=1))):
-        assert_close_rel(name, g, w, rtol)
-    assert got[0].dtype == step["x"].dtype
-    assert_close_rel("state", state, state64, rtol)
+    kw = state_update_inputs(x, t)
+    want_args = _float64(state_update_args(x, t, dt_softplus))
+    got = selective_state_update(**kw, dt_softplus=dt_softplus, return_channel_mean=True, backend=backend)
+    want = reference.state_update(want_args)
+    for name, g in zip(fields_of(StateUpdateResult), got, strict=True):
+        assert_close_rel(name, g, getattr(want, name), rtol)
+    assert got[0].dtype == kw["x"].dtype
+    assert_close_rel("state", kw["state"], want_args.state, rtol)
 
 
 def assert_decode_loop_matches_scan(x: dict[str, Tensor | None], backend: str, rtol: float) -> None:
@@ -182,14 +227,9 @@ def assert_decode_loop_matches_scan(x: dict[str, Tensor | None], backend: str, r
     from . import selective_state_update  # the public op
 
     full = run_scan(x, backend, True, return_channel_mean=True)
-    state = x["initial_state"].clone()
-    steps = []
-    for t in range(x["u"].shape[-1]):
-        step = decode_inputs(x, t)
-        steps.append(selective_state_update(
-            state, step["x"], step["dt"], x["A"], step["B"], step["C"], x["D"], step["z"], x["delta_bias"], True,
-            halt_weight=x["halt_weight"], halt_bias=x["halt_bias"], return_channel_mean=True, backend=backend,
-        ))
+    state = state_update_inputs(x, 0)["state"]
+    steps = [selective_state_update(**{**state_update_inputs(x, t), "state": state}, dt_softplus=True,
+                                    return_channel_mean=True, backend=backend) for t in range(x["u"].shape[-1])]
     ys, entropies, halts, means = (torch.stack(parts, -1) for parts in zip(*steps))
     state_rtol = RTOL[state.dtype]
     assert_close_rel("out", ys, full.out, rtol)
@@ -197,3 +237,144 @@ def assert_decode_loop_matches_scan(x: dict[str, Tensor | None], backend: str, r
     assert_close_rel("entropy", entropies, full.entropy, state_rtol)
     assert_close_rel("halt_logits", halts, full.halt_logits, state_rtol)
     assert_close_rel("last_state", state, full.last_state, state_rtol)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Contract level: a backend's module functions (or anything with their signatures) on pna_kernels.contract objects.
+
+ScanForward = Callable[[ScanArgs], ScanResult]
+ScanBackward = Callable[[ScanArgs, ScanSaved, ScanCotangents], ScanGrads]
+StateStep = Callable[[StateUpdateArgs], StateUpdateResult]
+
+
+def scan_args(x: dict[str, Tensor | None], delta_softplus: bool, chunk_size: int,
+              with_channel_mean: bool = True) -> ScanArgs:
+    """The canonical contract inputs (validation.check_scan_inputs) of random_scan_inputs' dict: B, C grouped
+    (batch, G, N, L), absent parameters as zeros, everything contiguous."""
+    from .validation import check_scan_inputs
+
+    return check_scan_inputs(**x, delta_softplus=delta_softplus, check_finite=False, chunk_size=chunk_size,
+                             with_channel_mean=with_channel_mean)
+
+
+def scan_cotangents(args: ScanArgs, seed: int = 7) -> ScanCotangents:
+    """Random float64 weights of every output in a scalar loss (grad_channel_mean the empty (0,) tensor when the
+    channel mean is not asked), on args' device."""
+    gen = torch.Generator().manual_seed(seed)
+    batch, dim, length = args.u.shape
+    dstate = args.A.shape[1]
+    shapes = {"grad_out": (batch, dim, length), "grad_entropy": (batch, length), "grad_halt": (batch, length),
+              "grad_last_state": (batch, dim, dstate),
+              "grad_channel_mean": (batch, length, dstate) if args.with_channel_mean else (0,)}
+    return ScanCotangents(**{n: torch.randn(*s, generator=gen, dtype=torch.float64).to(args.u.device)
+                             for n, s in shapes.items()})
+
+
+def _float64(obj):
+    """A contract object with every floating tensor field in float64 (a copy; flags kept)."""
+    return type(obj)(**{n: (v.detach().double().clone() if isinstance(v, Tensor) and v.is_floating_point() else v)
+                        for n, v in ((n, getattr(obj, n)) for n in fields_of(type(obj)))})
+
+
+def kernel_oracle(args: ScanArgs, cot: ScanCotangents) -> tuple[ScanResult, ScanGrads]:
+    """The reference backend's forward and backward in float64 on the same inputs and cotangents."""
+    from . import reference
+
+    args64 = _float64(args)
+    result = reference.scan_forward(args64)
+    return result, reference.scan_backward(args64, result.saved, _float64(cot))
+
+
+def assert_kernels_match_oracle(forward: ScanForward, backward: ScanBackward, args: ScanArgs,
+                                rtol: float) -> ScanResult:
+    """A backend's forward (every public output, the channel mean when asked, the empty (0,) tensor when not) and
+    backward (every gradient, in its input's dtype) within rtol of kernel_oracle; returns the forward's result."""
+    cot = scan_cotangents(args)
+    want, want_grads = kernel_oracle(args, cot)
+    got = forward(args)
+    for name in SCAN_OUTPUT_NAMES:
+        assert_close_rel(name, getattr(got, name), getattr(want, name), rtol)
+    assert got.out.dtype == args.u.dtype
+    if args.with_channel_mean:
+        assert got.channel_mean.dtype == compute_dtype(args.u.dtype)
+        assert_close_rel(CHANNEL_MEAN, got.channel_mean, want.channel_mean, rtol)
+    else:
+        assert got.channel_mean.shape == (0,)
+    grads = backward(args, got.saved, cot)
+    assert (grads.z is None) == (args.z is None)
+    for name in tensor_fields(ScanArgs):
+        if getattr(args, name) is not None:
+            g = getattr(grads, name)
+            assert g.dtype == getattr(args, name).dtype, f"d{name}: dtype {g.dtype}"
+            assert_close_rel(f"d{name}", g, getattr(want_grads, name), rtol)
+    return got
+
+
+def state_update_args(x: dict[str, Tensor | None], t: int, dt_softplus: bool) -> StateUpdateArgs:
+    """The canonical decode-step inputs (validation.check_state_update_inputs) of state_update_inputs(x, t)."""
+    from .validation import check_state_update_inputs
+
+    return check_state_update_inputs(**state_update_inputs(x, t), dt_softplus=dt_softplus, check_finite=False)
+
+
+def assert_kernel_step_matches_oracle(step: StateStep, args: StateUpdateArgs, rtol: float) -> None:
+    """One decode step (updating args.state): y, entropy, halt_logits, channel_mean and the new state within rtol
+    of the reference backend's step in float64, y in x's dtype."""
+    from . import reference
+
+    args64 = _float64(args)
+    want = reference.state_update(args64)
+    got = step(args)
+    assert got.y.dtype == args.x.dtype
+    for name in fields_of(StateUpdateResult):
+        assert_close_rel(name, getattr(got, name), getattr(want, name), rtol)
+    assert_close_rel("state", args.state, args64.state, rtol)
+
+
+def with_non_finite_state(args, value: float):
+    """args (ScanArgs or StateUpdateArgs) with entry [0, 0, 0] of the (initial) state set to `value` (NaN, or a
+    finite number whose square overflows float32); batch row 0 must then get NaN entropy, the others stay
+    finite."""
+    name = "initial_state" if isinstance(args, ScanArgs) else "state"
+    state = getattr(args, name).clone()
+    state[0, 0, 0] = value
+    return dataclasses.replace(args, **{name: state})
+
+
+def assert_non_finite_state_gives_nan_entropy(forward: ScanForward, step: StateStep, x: dict[str, Tensor | None],
+                                              chunk_size: int, value: float) -> None:
+    """A state entry of batch row 0 set to `value` (see with_non_finite_state) gives row 0 NaN entropy in the scan
+    (at the first step) and in the decode step; row 1 stays finite. x needs batch >= 2."""
+    entropy = forward(with_non_finite_state(scan_args(x, True, chunk_size), value)).entropy
+    assert torch.isnan(entropy[0, 0]) and torch.isfinite(entropy[1]).all(), entropy
+    entropy = step(with_non_finite_state(state_update_args(x, 0, True), value)).entropy
+    assert torch.isnan(entropy[0]) and torch.isfinite(entropy[1]), entropy
+
+
+def assert_kernel_decode_loop_matches_scan(forward: ScanForward, step: StateStep, x: dict[str, Tensor | None],
+                                           chunk_size: int, rtol: float) -> None:
+    """Decoding x one step at a time (softplus on, from x's initial state) gives the scan's out, entropy, halt
+    logits, channel mean and last state, on the same backend's functions."""
+    full = forward(scan_args(x, True, chunk_size))
+    state = state_update_args(x, 0, True).state
+    steps = [step(dataclasses.replace(state_update_args(x, t, True), state=state)) for t in range(x["u"].shape[-1])]
+    assert_close_rel("out", torch.stack([s.y for s in steps], -1), full.out, rtol)
+    for name in ("entropy", "halt_logits"):
+        assert_close_rel(name, torch.stack([getattr(s, name) for s in steps], -1), getattr(full, name), rtol)
+    assert_close_rel(CHANNEL_MEAN, torch.stack([s.channel_mean for s in steps], 1), full.channel_mean, rtol)
+    assert_close_rel("last_state", state, full.last_state, rtol)
+
+
+def run_kernels(forward: ScanForward, backward: ScanBackward, args: ScanArgs,
+                cot: ScanCotangents) -> tuple[ScanResult, ScanGrads]:
+    """One forward and backward of a backend's functions."""
+    result = forward(args)
+    return result, backward(args, result.saved, cot)
+
+
+def assert_bitwise_equal(first: tuple, second: tuple) -> None:
+    """Two tuples of contract objects (e.g. run_kernels') hold bitwise-equal tensors, field by field."""
+    for a, b in zip(first, second, strict=True):
+        for name in fields_of(type(a)):
+            x, y = getattr(a, name), getattr(b, name)
+            assert (x is None and y is None) or torch.equal(x, y), name

@@ -18,15 +18,14 @@ import pytest
 import torch
 from torch.utils import cpp_extension
 
-from native_parity import (
-    assert_scan_matches_oracle, assert_state_update_matches_oracle, scan_args, scan_inputs, state_update_args,
-    with_non_finite_state,
-)
 from pna_kernels import cuda as cuda_backend
 from pna_kernels.contract import (
     ScanArgs, ScanCotangents, ScanGrads, ScanResult, ScanSaved, StateUpdateArgs, StateUpdateResult,
 )
-from pna_kernels.testing import RTOL, random_scan_inputs
+from pna_kernels.testing import (
+    RTOL, assert_kernel_step_matches_oracle, assert_kernels_match_oracle, assert_non_finite_state_gives_nan_entropy,
+    ScanCase, scan_args, state_update_args,
+)
 
 ARCHS = ("80", "90")
 
@@ -240,51 +239,41 @@ def emulated_state_update(lib: ctypes.CDLL, a: StateUpdateArgs) -> StateUpdateRe
     return r
 
 
-def emulated_args(*shape, with_mean: bool = True) -> ScanArgs:
-    """Contract inputs of scan_inputs(*shape) (..., softplus, dtype) for the kernels' chunk size."""
-    return scan_args(scan_inputs(*shape), shape[8], cuda_backend.CHUNK_SIZE, with_mean)
-
-
-EMULATED_SCANS = {  # batch, D, L, N, G, grouped B/C, z, initial_state, softplus, dtype, channel mean
-    "N16-2groups-no-mean": (2, 6, 37, 16, 2, True, False, False, False, torch.float32, False),
-    "N4-80ch": (1, 80, 150, 4, 2, True, True, False, True, torch.float32, True),
-    "N64-short": (2, 3, 5, 64, 1, True, True, True, False, torch.float32, True),
-    "N64-100steps": (1, 6, 100, 64, 2, True, True, True, True, torch.float32, True),
-    "N256": (1, 6, 37, 256, 2, True, False, True, True, torch.float32, True),
-    "N1-ungrouped": (1, 7, 20, 1, 1, False, True, True, True, torch.float32, True),
-    "N100": (1, 5, 17, 100, 1, True, True, True, False, torch.float32, True),
-    "N128-3groups": (1, 9, 19, 128, 3, True, True, True, True, torch.float32, True),
-    "bf16": (2, 6, 37, 16, 2, True, True, True, True, torch.bfloat16, True),
-    "fp16-N256": (1, 6, 21, 256, 1, True, False, True, False, torch.float16, True),
+EMULATED_SCANS = {  # the sizes the CUDA layout cares about (csrc/cuda/scan_common.cuh), far above the Triton ones
+    "N16-2groups-no-mean": (ScanCase(2, 6, 37, 16, 2, with_z=False, with_init=False, softplus=False,
+                                     with_channel_mean=False), torch.float32),
+    "N4-80ch": (ScanCase(1, 80, 150, 4, 2, with_init=False), torch.float32),
+    "N64-short": (ScanCase(2, 3, 5, 64, softplus=False), torch.float32),
+    "N64-100steps": (ScanCase(1, 6, 100, 64, 2), torch.float32),
+    "N256": (ScanCase(1, 6, 37, 256, 2, with_z=False), torch.float32),
+    "N1-ungrouped": (ScanCase(1, 7, 20, 1, grouped=False), torch.float32),
+    "N100": (ScanCase(1, 5, 17, 100, softplus=False), torch.float32),
+    "N128-3groups": (ScanCase(1, 9, 19, 128, 3), torch.float32),
+    "bf16": (ScanCase(2, 6, 37, 16, 2), torch.bfloat16),
+    "fp16-N256": (ScanCase(1, 6, 21, 256, with_z=False, softplus=False), torch.float16),
 }
 
 
-@pytest.mark.parametrize("shape", EMULATED_SCANS.values(), ids=EMULATED_SCANS.keys())
-def test_emulated_kernels_match_oracle(emulated, shape):
-    *dims, with_mean = shape
-    args = emulated_args(*dims, with_mean=with_mean)
-    assert_scan_matches_oracle(lambda a: emulated_forward(emulated, a),
-                               lambda a, saved, cot: emulated_backward(emulated, a, saved, cot), args,
-                               RTOL[args.u.dtype])
+@pytest.mark.parametrize("case,dtype", EMULATED_SCANS.values(), ids=EMULATED_SCANS.keys())
+def test_emulated_kernels_match_oracle(emulated, case, dtype):
+    args = scan_args(case.inputs(dtype), case.softplus, cuda_backend.CHUNK_SIZE, case.with_channel_mean)
+    assert_kernels_match_oracle(lambda a: emulated_forward(emulated, a),
+                                lambda a, saved, cot: emulated_backward(emulated, a, saved, cot), args, RTOL[dtype])
 
 
-@pytest.mark.parametrize("batch,dim,dstate,groups,with_z,softplus,dtype", [
-    (2, 6, 16, 2, True, True, torch.float32), (3, 40, 4, 1, False, False, torch.float32),
-    (1, 5, 256, 1, True, True, torch.float32), (2, 9, 100, 3, True, False, torch.bfloat16)],
+@pytest.mark.parametrize("case,dtype", [
+    (ScanCase(2, 6, 1, 16, 2), torch.float32), (ScanCase(3, 40, 1, 4, with_z=False, softplus=False), torch.float32),
+    (ScanCase(1, 5, 1, 256), torch.float32), (ScanCase(2, 9, 1, 100, 3, softplus=False), torch.bfloat16)],
     ids=["N16-2groups", "N4-40ch-no-softplus", "N256", "bf16-N100-3groups"])
-def test_emulated_state_update_matches_oracle(emulated, batch, dim, dstate, groups, with_z, softplus, dtype):
-    x = scan_inputs(batch, dim, 1, dstate, groups, True, with_z, True, softplus, dtype)
-    assert_state_update_matches_oracle(lambda a: emulated_state_update(emulated, a),
-                                       state_update_args(x, 0, softplus), RTOL[dtype])
+def test_emulated_state_update_matches_oracle(emulated, case, dtype):
+    assert_kernel_step_matches_oracle(lambda a: emulated_state_update(emulated, a),
+                                      state_update_args(case.inputs(dtype), 0, case.softplus), RTOL[dtype])
 
 
 @pytest.mark.parametrize("value", [float("nan"), 1e30], ids=["nan", "overflow"])
 def test_emulated_non_finite_state_gives_nan_entropy(emulated, value):
     """A NaN state, or one whose energy h^2 overflows float32, gives NaN entropy (never 0 or another number), in
     the scan and in the decode step; the other batch row is unaffected."""
-    args = with_non_finite_state(emulated_args(2, 4, 3, 4, 1, True, True, True, True, torch.float32), value)
-    entropy = emulated_forward(emulated, args).entropy
-    assert torch.isnan(entropy[0, 0]) and torch.isfinite(entropy[1]).all()
-    step = with_non_finite_state(state_update_args(random_scan_inputs(2, 4, 1, 4), 0, True), value)
-    entropy = emulated_state_update(emulated, step).entropy
-    assert torch.isnan(entropy[0]) and torch.isfinite(entropy[1])
+    assert_non_finite_state_gives_nan_entropy(lambda a: emulated_forward(emulated, a),
+                                              lambda a: emulated_state_update(emulated, a),
+                                              ScanCase(2, 4, 3, 4).inputs(), cuda_backend.CHUNK_SIZE, value)

@@ -6,6 +6,7 @@ import torch
 
 import pna_kernels
 from pna_kernels.contract import ScanArgs, StateUpdateArgs, tensor_fields
+from pna_kernels.testing import random_scan_inputs, state_update_inputs
 from pna_kernels.validation import MAX_STATE_DIM
 
 BATCH, DIM, LENGTH, DSTATE, GROUPS = 2, 4, 5, 3, 2
@@ -16,17 +17,7 @@ STEP_TENSORS = tensor_fields(StateUpdateArgs)
 
 
 def scan_inputs(dstate: int = DSTATE) -> dict:
-    gen = torch.Generator().manual_seed(0)
-
-    def r(*shape):
-        return torch.randn(*shape, generator=gen)
-
-    return {
-        "u": r(BATCH, DIM, LENGTH), "delta": r(BATCH, DIM, LENGTH), "A": -torch.rand(DIM, dstate, generator=gen),
-        "B": r(BATCH, GROUPS, dstate, LENGTH), "C": r(BATCH, GROUPS, dstate, LENGTH), "D": r(DIM),
-        "z": r(BATCH, DIM, LENGTH), "delta_bias": r(DIM), "halt_weight": r(DIM, dstate), "halt_bias": r(1)[0],
-        "initial_state": r(BATCH, DIM, dstate),
-    }
+    return random_scan_inputs(BATCH, DIM, LENGTH, dstate, groups=GROUPS)
 
 
 def scan(**kw):
@@ -37,16 +28,7 @@ def scan(**kw):
 
 
 def step_inputs() -> dict:
-    gen = torch.Generator().manual_seed(1)
-
-    def r(*shape):
-        return torch.randn(*shape, generator=gen)
-
-    return {
-        "state": r(BATCH, DIM, DSTATE), "x": r(BATCH, DIM), "dt": r(BATCH, DIM), "A": -torch.rand(DIM, DSTATE, generator=gen),
-        "B": r(BATCH, GROUPS, DSTATE), "C": r(BATCH, GROUPS, DSTATE), "D": r(DIM), "z": r(BATCH, DIM),
-        "dt_bias": r(DIM), "halt_weight": r(DIM, DSTATE), "halt_bias": r(1)[0],
-    }
+    return state_update_inputs(random_scan_inputs(BATCH, DIM, 1, DSTATE, groups=GROUPS, seed=1), 0)
 
 
 def step(**kw):
