@@ -10,7 +10,7 @@
 #
 # Uses the machine's CUDA build of torch (installs one from PyPI only if torch is missing or CPU-only), installs
 # pna from this checkout without dependencies, prints the GPU/driver/torch/triton/nvcc versions, measures the
-# device-to-device copy bandwidth, runs the GPU tests (tests/test_cuda.py, the compiled Triton tests, the CUDA
+# device-to-device copy bandwidth, runs the GPU tests (tests/test_backends.py, tests/test_cuda.py, the compiled Triton tests, the CUDA
 # compile test) and the benchmarks (pytest bench/ --benchmark-only), and writes gpu_report.md, the pytest logs and
 # the raw JSON to $OUT if set, else bench/results/ (see bench/results/README.md). Exits non-zero if a test failed.
 set -uo pipefail
@@ -75,7 +75,7 @@ json.dump({"copy_gb_per_s": gbps}, open(f"{sys.argv[1]}/copy_bandwidth.json", "w
 EOF
 
 echo "== GPU tests"
-python -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_triton.py tests/test_cuda_compile.py \
+python -m pytest -q -p no:cacheprovider tests/test_backends.py tests/test_cuda.py tests/test_triton.py tests/test_cuda_compile.py \
     --junitxml="$results/gpu_tests.xml" 2>&1 | tee "$results/gpu_tests.log"
 tests_status=${PIPESTATUS[0]}
 
@@ -93,7 +93,7 @@ copy = json.loads((out / "copy_bandwidth.json").read_text())["copy_gb_per_s"]
 lines = ["# GPU suite report", "", "| | |", "|---|---|"]
 lines += [f"| {k} | {v} |" for k, v in info.items()]
 lines += [f"| device copy bandwidth | {copy:.0f} GB/s |", ""]
-tests = "Tests (tests/test_cuda.py, tests/test_triton.py, tests/test_cuda_compile.py): "
+tests = "Tests (tests/test_backends.py, tests/test_cuda.py, tests/test_triton.py, tests/test_cuda_compile.py): "
 if (out / "gpu_tests.xml").exists():
     suite = ET.parse(out / "gpu_tests.xml").getroot()
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
