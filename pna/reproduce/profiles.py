@@ -114,8 +114,9 @@ QUICK = Profile(
         "200 test examples per run instead of 1000",
         "corrected protocol: 2 seeds instead of 5; faithful headline cell E_ssm: 3 seeds instead of 5",
         "free generation: 100 in-distribution + 40 OOD examples instead of 400 + 100 (both protocols)",
-        "transfer: 500 / 100 / 200 arithmetic train / val / test examples, at most 3 epochs, patience 2, "
-        "first seed only",
+        "transfer: 500 / 100 / 200 arithmetic train / val / test examples, at most 3 epochs, patience 2; "
+        "corrected protocol: first seed only (the faithful protocol keeps the original's two models per "
+        "architecture)",
         "sweep: alpha {0, 0.5} x beta {0, 0.4}, 1 seed instead of the 6 x 5 grid with 3 seeds",
     ),
 )
@@ -131,7 +132,7 @@ TINY = Profile(
         "meaningless, only the report's structure is exercised",
         "24 test examples per run; corrected protocol: 2 seeds; faithful E_ssm: 3 seeds",
         "free generation: 6 in-distribution + 4 OOD examples",
-        "transfer: 32 / 8 / 16 arithmetic examples, 1 epoch, first seed only",
+        "transfer: 32 / 8 / 16 arithmetic examples, 1 epoch; corrected protocol: first seed only",
         "sweep: alpha {0, 0.5} x beta {0.1}, 1 seed",
     ),
 )

@@ -218,6 +218,15 @@ def build_report(profile: Profile, protos: Sequence[Protocol], settings: dict[st
     return report
 
 
+def _described(dist: dict[str, Any] | None, digits: int) -> list[str]:
+    """Cells (values, mean, sd, min .. max) of a seed distribution (pna.analysis.seed_distribution)."""
+    if dist is None:
+        return ["undefined in every seed", "", "", ""]
+    sd = "n/a" if dist["sd"] is None else f"{dist['sd']:.{digits}f}"
+    return [", ".join(f"{v:.{digits}f}" for v in dist["values"]), f"{dist['mean']:.{digits}f}", sd,
+            f"{dist['min']:.{digits}f} .. {dist['max']:.{digits}f}"]
+
+
 def _headline(report: MarkdownReport, cell: dict[str, Any] | None) -> None:
     """The headline cell E_ssm: each seed's faithful r and tau with the examples at each L default, their
     distribution, and the original's own spread of gradient-identical runs beside it."""
@@ -232,35 +241,28 @@ def _headline(report: MarkdownReport, cell: dict[str, Any] | None) -> None:
                      f"{t['n_sc_default']} / {s['n']}", f"{t['n_hr_default']} / {s['n']}",
                      f"{t['n_both_default']} / {s['n']}", _fmt(s["halt_f1"], ".3f"),
                      _fmt(s["first_answer_accuracy"], ".3f"), f"{x['raw_peak_lag']} / {x['deriv_peak_lag']}"])
-    for name, dist in (("r", cell["r"]), ("tau", cell["tau"])):
-        if dist is not None:
-            sd = "n/a" if dist["sd"] is None else f"{dist['sd']:.3f}"
-            rows.append([f"{name}: mean, sd, min..max over {dist['n']} seeds", f"{dist['mean']:.3f}" if name == "r"
-                         else "", f"{dist['mean']:.2f}" if name == "tau" else "", "", "", "", "", "", "",
-                         f"sd {sd}; {dist['min']:.3f}..{dist['max']:.3f}"])
-    report.table(["run", "r", "tau", "n analysed", "sc = L (entropy never halved)", "hr = L (q never > 0.5)",
+    report.table(["E_ssm run", "r", "tau", "n analysed", "sc = L (entropy never halved)", "hr = L (q never > 0.5)",
                   "both at L (tau = 0)", "halt F1 (PAD positive)", "first-answer acc", "xcorr peaks (levels / "
                   "derivatives, original axis)"], rows)
     spread = seed_distribution(list(ORIGINAL_BETA_01_SPREAD))
-    context = paper_number("ssm_r_spread")
-    ours = cell["r"]
-    ours_text = "undefined" if ours is None else (
-        f"mean {ours['mean']:.3f}, sd {'n/a' if ours['sd'] is None else format(ours['sd'], '.3f')}, "
-        f"{ours['min']:.3f}..{ours['max']:.3f} over {ours['n']} seeds")
-    report.paragraph(
-        f"Original's spread (r of its {spread['n']} runs gradient-identical to E_ssm, each one checkpoint with no "
-        f"seed set): {', '.join(f'{v:g}' for v in spread['values'])}; mean {spread['mean']:.3f}, sd "
-        f"{spread['sd']:.3f}, {spread['min']:.3f}..{spread['max']:.3f}. Ours: {ours_text}. The paper's headline "
-        f"{paper_number('ssm_r').text} is the most negative of its runs. {context.note}")
+    seeds = len(cell["per_seed"])
+    report.table(["", "values", "mean", "sd", "min .. max"], [
+        [f"r, ours ({seeds} seeds of E_ssm)", *_described(cell["r"], 3)],
+        [f"r, the original ({spread['n']} runs gradient-identical to E_ssm, no seed set)", *_described(spread, 3)],
+        [f"tau, ours ({seeds} seeds of E_ssm)", *_described(cell["tau"], 2)],
+        ["tau, the original (E_ssm)", paper_number("lag_tau").text, "", "", ""],
+    ])
+    report.paragraph(paper_number("ssm_r_spread").note)
     sc = sum(s["tau"]["n_sc_default"] for s in cell["per_seed"])
     hr = sum(s["tau"]["n_hr_default"] for s in cell["per_seed"])
     n = sum(s["n"] for s in cell["per_seed"])
     report.paragraph(
-        f"Why tau has its value: tau = hr - sc per example (tau < 0: the halt signal leads), averaged over every "
-        f"example, with sc = L = rp + 1 where the channel-mean entropy never falls below half its first value and "
-        f"hr = L where q never exceeds 0.5 by rp. Over the seeds, sc took the default L in {sc} of {n} examples and "
-        f"hr in {hr} of {n}. Where sc = L, tau = hr - L is fixed by when q crosses 0.5, which the 0.5 halt labels "
-        "at rp-2, rp-1 put near L - 2; tau near -2 then says nothing about the entropy. The paper's "
+        "Why tau has its value: tau = hr - sc per example (tau < 0: the halt signal leads), averaged over every "
+        "example, with sc = L = rp + 1 where the channel-mean entropy never falls below half its first value and "
+        f"hr = L where q never exceeds 0.5 by rp. Over the {seeds} seeds, sc took the default L in {sc} of {n} "
+        f"examples and hr in {hr} of {n} (per seed: the table above). Where sc = L, tau = hr - L is set by when q "
+        "crosses 0.5 alone, which the 0.5 halt labels at rp-2, rp-1 train to lie near L - 2: tau near -2 then "
+        "says nothing about the entropy. Where hr = L too, tau = 0. The paper's "
         f"{paper_number('lag_tau').text}: {paper_number('lag_tau').note}")
 
 
