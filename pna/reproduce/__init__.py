@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from tqdm import tqdm
 
 from pna import analysis, atomic, runner
 from pna.sweep import job_file, load_evaluation, run_sweep

@@ -15,7 +15,7 @@ from pna.paper import CONTEXT_KEYS, ORIGINAL_BETA_01_SPREAD, paper_number
 from pna.report import NOT_RUN, Estimate, MarkdownReport
 from pna.sweep import SweepResult
 
-from .profiles import ARCHS, FAITHFUL_GROUPS, MAIN_RUNS, TRANSFER_MODELS, Profile, Protocol
+from .profiles import ARCHS, FAITHFUL_GROUPS, MAIN_RUNS, Profile, Protocol
 from .stages import OOD_BITS, PARITY_MAX_LEN
 
 # (row key, label) of the report's first table, in order; keys match pna.paper.

@@ -14,7 +14,7 @@ from pna.analysis.probe import answer_entropy_r
 from pna.evaluate import Evaluation, definitions_side_by_side, faithful_summary
 from pna.generate import ORIGINAL_MAX_NEW_TOKENS, answer_correct, free_generation
 from pna.sweep import train_eval_job
-from pna.tasks import first_answer_in, make_split
+from pna.tasks import make_split
 from pna.tasks.original import original_generation_examples
 from pna.train import TrainConfig, load_checkpoint
 
