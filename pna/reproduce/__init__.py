@@ -45,7 +45,7 @@ from .profiles import (ARCHS, FAITHFUL_GROUPS, FULL, MAIN_RUNS, QUICK, TINY, TRA
                        Protocol, protocols)
 from .report import FIRST_TABLE_ROWS, ReportInputs, build_report
 from .stages import (analyse_group, faithful_cell, faithful_generation_stage, faithful_run_name, generation_stage,
-                     main_jobs, phase8_stage, pooled as stages_pooled, run_name, side_by_side_stage, test_examples)
+                     job_test_split, main_jobs, phase8_stage, pooled as stages_pooled, run_name, side_by_side_stage)
 
 __all__ = ["FIRST_TABLE_ROWS", "FULL", "QUICK", "TINY", "Profile", "Protocol", "add_arguments", "run"]
 # the field an error names -> the `pna reproduce` flag that sets it
@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
             out / "analysis", f"faithful_{name}", {"stage": "analysis", "runs": [j.key for j in group]},
             lambda js=group: analyse_group(evaluations(js)), base=out)
     e_ssm, e_sort, group_a = group_jobs(by_name["E_ssm"]), group_jobs(by_name["E_sort"]), group_jobs(by_name["A"])
-    parity_test = test_examples(e_ssm[0])
+    parity_test = job_test_split(e_ssm[0])
     faithful_cells = {
         "E_ssm": runner.cached_stage(
             out / "analysis", "faithful_cell_E_ssm", {"stage": "faithful_cell", "runs": [j.key for j in e_ssm]},

@@ -59,7 +59,7 @@ def main_jobs(profile: Profile, alpha: float, beta: float, device: str) -> dict[
     return jobs
 
 
-def test_examples(job: runner.Job) -> list:
+def job_test_split(job: runner.Job) -> list:
     """The test examples a finished train_eval_job evaluated on (regenerated: the splits are deterministic)."""
     return TrainConfig(**job.config["train"]).split("test", job.config["n_test"])
 
@@ -83,7 +83,7 @@ def phase8_stage(checkpoint: str | Path, train_job: runner.Job, device: str) -> 
     checkpoint: the probe learns on the run's own (faithful) training split and is scored on its test split."""
     cfg = TrainConfig(**train_job.config["train"])
     model, _ = load_checkpoint(checkpoint, device)
-    result = answer_entropy_r(model, cfg.split("train", cfg.split_sizes()[0]), test_examples(train_job),
+    result = answer_entropy_r(model, cfg.split("train", cfg.split_sizes()[0]), job_test_split(train_job),
                               device=device)
     return result.to_dict()
 
@@ -108,7 +108,7 @@ def faithful_generation_stage(checkpoint: str | Path, profile: Profile, device: 
 def side_by_side_stage(evaluations: Sequence[Evaluation]) -> dict[str, Any]:
     """r and tau of each corrected SSM run (one evaluation per seed) under both protocols'
     definitions (pna.evaluate.definitions_side_by_side)."""
-    return {"per_seed": [definitions_side_by_side(ev, n_boot=1000).to_dict() for ev in evaluations]}
+    return {"per_seed": [definitions_side_by_side(ev).to_dict() for ev in evaluations]}
 
 
 def pooled(evaluations: Sequence[Evaluation]) -> Evaluation:
