@@ -116,13 +116,22 @@ def corrected_cells(protocol: Protocol, inputs: ReportInputs) -> dict[str, Estim
     return {key: cells.get(key, Estimate(None)) for key, _ in FIRST_TABLE_ROWS}
 
 
-def _seed_estimate(dist: dict[str, Any] | None, n: int, what: str) -> Estimate:
-    """A cell from a seed distribution: its mean, brackets min..max over the seeds, n examples per seed."""
+def _default_counts(cell: dict[str, Any]) -> tuple[int, int, int]:
+    """(examples with sc = L, with hr = L, examples) summed over the seeds of a stages.faithful_cell."""
+    seeds = cell["per_seed"]
+    return (sum(s["tau"]["n_sc_default"] for s in seeds), sum(s["tau"]["n_hr_default"] for s in seeds),
+            sum(s["n"] for s in seeds))
+
+
+def _seed_estimate(dist: dict[str, Any] | None, n: int, note: str = "") -> Estimate:
+    """A cell of the headline cell E_ssm from a seed distribution: its mean, brackets min..max over the seeds, n
+    examples per seed, then note."""
+    extra = f"; {note}" if note else ""
     if dist is None:
-        return Estimate(math.nan, None, n, f"{what}: undefined in every seed")
+        return Estimate(math.nan, None, n, f"E_ssm: undefined in every seed{extra}")
     sd = "" if dist["sd"] is None else f", sd {dist['sd']:.3f}"
     return Estimate(dist["mean"], (dist["min"], dist["max"]), n,
-                    f"{what}: mean of {dist['n']} seeds, brackets: their min..max{sd}; n per seed")
+                    f"E_ssm, mean of {dist['n']} seeds, brackets: their min..max{sd}; n per seed{extra}")
 
 
 def faithful_cells(protocol: Protocol, inputs: ReportInputs) -> dict[str, Estimate]:
@@ -132,8 +141,10 @@ def faithful_cells(protocol: Protocol, inputs: ReportInputs) -> dict[str, Estima
     head = inputs.faithful.get("E_ssm")
     if head is not None:
         first = head["per_seed"][0]
-        cells["ssm_r"] = _seed_estimate(head["r"], first["n_analysed"], "E_ssm")
-        cells["lag_tau"] = _seed_estimate(head["tau"], first["n_analysed"], "E_ssm; defaults: see the headline cell")
+        cells["ssm_r"] = _seed_estimate(head["r"], first["n_analysed"])
+        sc, hr, n = _default_counts(head)
+        cells["lag_tau"] = _seed_estimate(head["tau"], first["n_analysed"],
+                                          f"sc = L in {sc} of {n} examples, hr = L in {hr} (see the headline cell)")
         acc = [s["first_answer_accuracy"] for s in head["per_seed"]]
         cells["teacher_forced_accuracy"] = Estimate(
             float(np.mean(acc)), (min(acc), max(acc)) if len(acc) > 1 else None, first["n_split"],
@@ -253,9 +264,7 @@ def _headline(report: MarkdownReport, cell: dict[str, Any] | None) -> None:
         ["tau, the original (E_ssm)", paper_number("lag_tau").text, "", "", ""],
     ])
     report.paragraph(paper_number("ssm_r_spread").note)
-    sc = sum(s["tau"]["n_sc_default"] for s in cell["per_seed"])
-    hr = sum(s["tau"]["n_hr_default"] for s in cell["per_seed"])
-    n = sum(s["n"] for s in cell["per_seed"])
+    sc, hr, n = _default_counts(cell)
     report.paragraph(
         "Why tau has its value: tau = hr - sc per example (tau < 0: the halt signal leads), averaged over every "
         "example, with sc = L = rp + 1 where the channel-mean entropy never falls below half its first value and "
