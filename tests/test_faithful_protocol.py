@@ -50,11 +50,3 @@ def test_faithful_transformer_variant_trains(tmp_path) -> None:
                       out_dir=str(tmp_path / "run"))
     result = train(cfg)
     assert result.model.cfg.dropout == 0.1 and result.model.cfg.head_bias
-
-
-@pytest.mark.parametrize("field, value, match", [
-    ("data_protocol", "original", "data_protocol"),
-], ids=["unknown-protocol"])
-def test_bad_data_protocol_is_refused(field: str, value: str, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
-        TrainConfig(**{field: value})
