@@ -38,10 +38,10 @@ class OriginalGroup:
 # transfer number averages are two seeds of E_ssm / E_trans here.
 FAITHFUL_GROUPS: tuple[OriginalGroup, ...] = (
     OriginalGroup("E_ssm", "parity", "ssm", 0.0, 0.1, None,
-                  "SSM r, tau and cross-correlation (one distribution over seeds), halt F1, teacher-forced and "
-                  "free-generation accuracy, SSM transfer (its first two seeds stand for D and E_ssm)"),
+                  "SSM r, tau and cross-correlation (one distribution over seeds), halt F1, teacher-forced accuracy, "
+                  "free-generation accuracy (first seed), SSM transfer (its first two seeds stand for D and E_ssm)"),
     OriginalGroup("E_trans", "parity", "transformer", 0.0, 0.1, TRANSFER_MODELS,
-                  "Transformer transfer (two seeds stand for B and E_trans), Transformer free generation"),
+                  "Transformer transfer (two seeds stand for B and E_trans)"),
     OriginalGroup("A", "parity", "transformer", 0.0, 0.0, 1,
                   "Transformer r: the Phase-8 probe statistic of the CE-only Transformer (untrained halt head)"),
     OriginalGroup("E_sort", "sorting", "ssm", 0.05, 0.1, 1, "sorting r"),
