@@ -201,8 +201,10 @@ class TrainConfig:
 
     def split(self, split: str, n: int | None = None) -> list[Example]:
         """n examples of a split of the task under data_protocol; train and val take task_kwargs, test does not."""
-        kwargs = {} if split == "test" else self.task_kwargs
-        return make_split(self.task, split, n=n, protocol=self.data_protocol, **kwargs)
+        kwargs = {} if split == "test" else dict(self.task_kwargs)
+        if self.data_protocol != "corrected":  # registered tasks (pna.tasks.registry) know no protocol
+            kwargs["protocol"] = self.data_protocol
+        return make_split(self.task, split, n=n, **kwargs)
 
     def loader(self, examples: list[Example], shuffle: bool, seed: int, distributed: bool = False) -> DataLoader:
         """Batches of examples in data_protocol's layout at max_len (pna.tasks.make_loader)."""
