@@ -23,7 +23,6 @@ import numpy as np
 from pna import atomic, runner
 from pna.analysis import coupling, plot_sweep_heatmap
 from pna.evaluate import Evaluation, evaluate
-from pna.tasks import MAX_LEN, make_split
 from pna.train import TrainConfig, load_checkpoint, resolve_device, train
 
 ALPHAS = (0.0, 0.01, 0.05, 0.1, 0.2, 0.5)
@@ -50,7 +49,8 @@ def train_eval_job(label: str, train_fields: dict[str, Any], n_test: int | None 
 
 
 def train_and_evaluate(config: dict[str, Any], run_dir: Path, options: dict[str, Any]) -> dict[str, Any]:
-    """Job function of train_eval_job: train in run_dir/train, evaluate on the test split, save the arrays.
+    """Job function of train_eval_job: train in run_dir/train, evaluate on the test split (of the run's
+    data_protocol, in its layout), save the arrays.
 
     Returns checkpoint and evaluation (paths relative to run_dir), the best validation metrics, teacher-forced
     token and answer accuracy and the coupling summary (mean r, CI, n) of the test evaluation.
@@ -61,9 +61,9 @@ def train_and_evaluate(config: dict[str, Any], run_dir: Path, options: dict[str,
     trained = train(cfg)
     device = resolve_device(cfg.device)
     model, _ = load_checkpoint(trained.best_checkpoint, device)
-    examples = make_split(cfg.task, "test", n=config["n_test"])
-    evaluation = evaluate(model, examples, max_len=MAX_LEN[cfg.task], batch_size=config["eval_batch_size"],
-                          device=device)
+    examples = cfg.split("test", config["n_test"])
+    evaluation = evaluate(model, examples, max_len=cfg.max_len(), batch_size=config["eval_batch_size"],
+                          device=device, protocol=cfg.data_protocol)
     evaluation.save(run_dir / EVAL_FILE)
     summary = coupling(evaluation.entropy, evaluation.halt_logits, evaluation.result_pos, evaluation.lengths)
     return {

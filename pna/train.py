@@ -47,7 +47,7 @@ from pna import atomic, checkpoint, runner
 from pna.loss import LOSS_MODES, thermodynamic_loss
 from pna.masks import target_masks
 from pna.models import ARCHS, VARIANTS, SSMConfig, TransformerConfig, build_model
-from pna.tasks import MAX_LEN, Example, make_loader, make_split
+from pna.tasks import MAX_LEN, ORIGINAL_MAX_LEN, PROTOCOLS, Example, make_loader, make_split
 from pna.tasks import registry as task_registry
 from pna.tokenizer import TOKENIZER
 
@@ -86,7 +86,12 @@ class TrainConfig:
     over warmup_steps, then cosine to 0 at the last epoch) or "constant" (lr throughout); early_stop: the validation metric of
     early stopping and of best.pt (see EARLY_STOP); init_from: identity (e.g. the run key) of the weights a
     fine-tuning run starts from, passed to train() as init_model; freeze_halt: freeze the halt head's
-    parameters (every parameter whose name contains "halt").
+    parameters (every parameter whose name contains "halt"); data_protocol: "corrected" (our generators and
+    layout) or "faithful" (the original's generators draw for draw, its layout of max_len - 1 positions with PAD
+    labelled 1 and its padded lengths ORIGINAL_MAX_LEN, see pna.tasks), for the train and val splits and the
+    test split a job evaluates on (see ``split`` and ``max_len``). With loss_mode "faithful" and early_stop
+    "val_loss_total" this is the original's checkpoint rule: the lowest validation total of its own loss, i.e.
+    CE + beta * BCE over all positions (plus the constant energy / entropy values).
     """
 
     task: str = "parity"
@@ -119,6 +124,7 @@ class TrainConfig:
     early_stop: str = "val_loss_total"
     init_from: str | None = None
     freeze_halt: bool = False
+    data_protocol: str = "corrected"
 
     def __post_init__(self) -> None:
         for name in ("bf16", "tiny", "quiet", "freeze_halt"):
@@ -135,12 +141,14 @@ class TrainConfig:
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{name}: expected a table / object of fields, got {getattr(self, name)!r}")
         choices = {"task": tuple(task_registry.REGISTRY), "arch": ARCHS, "variant": VARIANTS, "loss_mode": LOSS_MODES,
-                   "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "early_stop": tuple(EARLY_STOP)}
+                   "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "early_stop": tuple(EARLY_STOP),
+                   "data_protocol": PROTOCOLS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: expected one of {allowed}, got {getattr(self, name)!r}")
-        if self.arch == "transformer" and self.variant != "default":
-            raise ValueError("variant: the Transformer has only the 'default' variant")
+        if self.data_protocol == "faithful" and self.task not in ORIGINAL_MAX_LEN:
+            raise ValueError(f"data_protocol: the faithful data exists for {tuple(ORIGINAL_MAX_LEN)}, not "
+                             f"{self.task!r}")
         for name in ("alpha", "beta", "gamma", "weight_decay", "grad_clip"):
             value = getattr(self, name)
             if not (_is_number(value) and math.isfinite(value) and value >= 0):
@@ -185,6 +193,23 @@ class TrainConfig:
     def model_overrides(self) -> dict[str, Any]:
         """Model config overrides: the tiny sizes if tiny, then `model`."""
         return {**(TINY_MODEL[self.arch] if self.tiny else {}), **self.model}
+
+    def max_len(self) -> int:
+        """Padded length of the task's examples under data_protocol (MAX_LEN, or the original's ORIGINAL_MAX_LEN;
+        the faithful layout feeds the model max_len - 1 positions)."""
+        return (ORIGINAL_MAX_LEN if self.data_protocol == "faithful" else MAX_LEN)[self.task]
+
+    def split(self, split: str, n: int | None = None) -> list[Example]:
+        """n examples of a split of the task under data_protocol; train and val take task_kwargs, test does not."""
+        kwargs = {} if split == "test" else dict(self.task_kwargs)
+        if self.data_protocol != "corrected":  # registered tasks (pna.tasks.registry) know no protocol
+            kwargs["protocol"] = self.data_protocol
+        return make_split(self.task, split, n=n, **kwargs)
+
+    def loader(self, examples: list[Example], shuffle: bool, seed: int, distributed: bool = False) -> DataLoader:
+        """Batches of examples in data_protocol's layout at max_len (pna.tasks.make_loader)."""
+        return make_loader(examples, self.batch_size, shuffle, seed, self.max_len(), distributed=distributed,
+                           protocol=self.data_protocol)
 
     def split_sizes(self) -> tuple[int | None, int | None]:
         """(n_train, n_val) to draw: as given, else TINY_SPLITS when tiny, else None (the full splits)."""
@@ -323,8 +348,7 @@ def _distributed() -> tuple[int, int]:
 
 def _epoch_loader(cfg: TrainConfig, examples: list[Example], epoch: int, world: int) -> DataLoader:
     """The training batches of one epoch; their order depends only on (seed, epoch)."""
-    loader = make_loader(examples, cfg.batch_size, True, cfg.seed * 100_003 + epoch, MAX_LEN[cfg.task],
-                         distributed=world > 1)
+    loader = cfg.loader(examples, True, cfg.seed * 100_003 + epoch, distributed=world > 1)
     if world > 1:
         loader.sampler.set_epoch(epoch)
     return loader
@@ -428,9 +452,8 @@ def _train_locked(cfg: TrainConfig, init_model: nn.Module | None, out: Path, ran
         best_state = checkpoint.load(best_path, arg="out_dir")["model"]
     seed_everything(cfg.seed)
     n_train, n_val = cfg.split_sizes()
-    train_examples = make_split(cfg.task, "train", n=n_train, **cfg.task_kwargs)
-    val_loader = make_loader(make_split(cfg.task, "val", n=n_val, **cfg.task_kwargs), cfg.batch_size, False,
-                             cfg.seed, MAX_LEN[cfg.task])
+    train_examples = cfg.split("train", n_train)
+    val_loader = cfg.loader(cfg.split("val", n_val), False, cfg.seed)
     if init_model is None:
         model = build_model(cfg.arch, TOKENIZER.vocab_size, cfg.variant, **cfg.model_overrides())
     else:

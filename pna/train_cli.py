@@ -11,7 +11,7 @@ import torch.distributed as dist
 from pna import atomic, runner
 from pna.loss import LOSS_MODES
 from pna.models import ARCHS, VARIANTS
-from pna.tasks import TASKS
+from pna.tasks import PROTOCOLS, TASKS
 from pna.train import EARLY_STOP, OPTIMIZERS, SCHEDULES, TrainConfig, train
 
 # flag -> TrainConfig field, for the flags whose names differ from the field.
@@ -24,7 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--config", help="JSON or TOML file of TrainConfig fields (flags override it)")
     add("--task", choices=TASKS)
     add("--arch", choices=ARCHS)
-    add("--variant", choices=VARIANTS, help="'faithful': the original SSM architecture")
+    add("--variant", choices=VARIANTS, help="'faithful': the original SSM / Transformer architecture")
+    add("--data-protocol", dest="data_protocol", choices=PROTOCOLS,
+        help="'faithful': the original's data generators and layout (PAD labelled 1, max_len - 1 positions)")
     add("--loss-mode", dest="loss_mode", choices=LOSS_MODES,
         help="'faithful': energy and entropy terms without gradient, as in the original")
     for name in ("alpha", "beta", "gamma", "lr", "weight_decay", "grad_clip"):

@@ -23,7 +23,6 @@ from pna.analysis import binary_f1, halt_confidence, halting_metrics
 from pna.analysis.series import HALT_THRESHOLD
 from pna import atomic, runner
 from pna.evaluate import Evaluation, evaluate
-from pna.tasks import MAX_LEN, make_split
 from pna.train import TrainConfig, freeze_halt_head, load_checkpoint, train
 
 __all__ = ["TRANSFER_TASK", "TransferResult", "TransferSettings", "f1_bootstrap_ci", "file_key", "freeze_halt_head",
@@ -115,7 +114,7 @@ class TransferSettings:
         """The trainer's config of the fine-tuning run: CE only (alpha = beta = gamma = 0) on arithmetic chains,
         the source's architecture, the halt head frozen, starting from the source's weights."""
         return TrainConfig(task=TRANSFER_TASK, arch=source.arch, variant=source.variant, tiny=source.tiny,
-                           model=dict(source.model), alpha=0.0, beta=0.0, gamma=0.0, seed=seed,
+                           model=dict(source.model), data_protocol=source.data_protocol, bf16=source.bf16, alpha=0.0, beta=0.0, gamma=0.0, seed=seed,
                            init_from=source_key, freeze_halt=True, out_dir=str(out_dir), device=device, quiet=True,
                            warmup_steps=0, **{k: v for k, v in asdict(self).items() if k != "n_test"})
 
@@ -123,15 +122,17 @@ class TransferSettings:
 def run_transfer(checkpoint: str | Path, out_dir: str | Path, settings: TransferSettings = TransferSettings(),
                  seed: int = 0, device: str = "cpu") -> TransferResult:
     """Zero-shot then adapted halt metrics of a parity checkpoint on arithmetic chains; the fine-tuning is a
-    pna.train run in out_dir (resumable; its identity includes the checkpoint's content hash)."""
+    pna.train run in out_dir (resumable; its identity includes the checkpoint's content hash). The chains, their
+    layout and the fine-tuning data follow the source run's data_protocol (faithful: the original's generator,
+    truncated to 64 tokens, PAD labelled 1; its F1 is "f1_with_pad", pna.analysis.faithful_halt_f1)."""
     model, source = load_checkpoint(checkpoint, device)
-    test = make_split(TRANSFER_TASK, "test", n=settings.n_test)
-    max_len = MAX_LEN[TRANSFER_TASK]
-    zero_shot = score_halting(evaluate(model, test, max_len=max_len, device=device))
     cfg = settings.train_config(source, file_key(checkpoint), seed, out_dir, device)
+    test = cfg.split("test", settings.n_test)
+    layout = {"max_len": cfg.max_len(), "device": device, "protocol": cfg.data_protocol}
+    zero_shot = score_halting(evaluate(model, test, **layout))
     trained = train(cfg, init_model=model)
     frozen = [name for name, p in trained.model.named_parameters() if not p.requires_grad]
-    adapted = score_halting(evaluate(trained.model, test, max_len=max_len, device=device))
+    adapted = score_halting(evaluate(trained.model, test, **layout))
     return TransferResult(zero_shot, adapted, trained.history, int(trained.best_val["epoch"]), frozen, len(test))
 
 

@@ -1,6 +1,9 @@
-"""End-to-end tests of `pna reproduce --quick --tiny`: the report, its first table and the figures exist, every
-stage's outputs are written, a rerun skips the finished stages, an interrupted copy resumed from elsewhere
-writes the same report, changed --alpha/--beta train new runs, --force keeps the user's files."""
+"""End-to-end tests of `pna reproduce --quick --tiny`: the report, its first table and the figures exist, the
+faithful column is the original's definitions computed on the faithful runs (checked against direct calls on the
+saved evaluations), the headline cell is a distribution over >= 3 seeds beside the original's spread, the
+corrected SSMs are given under both definitions, every stage's outputs are written, a rerun skips the finished
+stages, an interrupted copy resumed from elsewhere writes the same report, changed --alpha/--beta train new
+corrected runs (the faithful ones, which do not depend on them, are reused), --force keeps the user's files."""
 from __future__ import annotations
 
 import json
@@ -12,10 +15,13 @@ import pytest
 import torch
 
 from pna import checkpoint
+from pna.analysis import seed_distribution
 from pna.cli import main
-from pna.paper import ROW_KEYS, paper_number
+from pna.evaluate import Evaluation, definitions_side_by_side, faithful_summary
+from pna.paper import ORIGINAL_BETA_01_SPREAD, ROW_KEYS, paper_number
 from pna.report import NOT_RUN, Estimate
 from pna.reproduce import FIRST_TABLE_ROWS, TINY
+from pna.tasks import first_answer_in, make_split
 from pna.train import TrainConfig, load_checkpoint, train
 from pna.transfer import TransferSettings, run_transfer
 
@@ -50,6 +56,52 @@ def test_report_has_every_first_table_row(tiny_run: Path) -> None:
         assert "n=" in row[2] and "n=" in row[3], row
     for reduction in TINY.reductions:
         assert reduction in report
+
+
+def _run_dirs(out: Path, prefix: str) -> list[Path]:
+    """The main-run folders of one label prefix (e.g. 'faithful_E_ssm_s'), in seed order."""
+    return sorted((out / "runs").glob(f"{prefix}*-*"), key=lambda p: int(p.name[len(prefix):].split("-")[0]))
+
+
+def _section(report: str, heading: str) -> str:
+    return report.split(f"## {heading}", 1)[1].split("\n## ", 1)[0]
+
+
+def test_faithful_column_is_the_original_definitions_on_the_faithful_runs(tiny_run: Path) -> None:
+    report = (tiny_run / "report.md").read_text(encoding="utf-8")
+    cells = {row[0]: row[2] for row in _first_table(report)}
+    runs = _run_dirs(tiny_run, "faithful_E_ssm_s")
+    assert len(runs) >= 3
+    for run in runs:  # the original's group E_ssm: its architecture, data, loss weights and fp32
+        cfg = json.loads((run / "run.json").read_text())["config"]["config"]["train"]
+        assert (cfg["variant"], cfg["data_protocol"], cfg["loss_mode"], cfg["bf16"]) == ("faithful",) * 3 + (False,)
+        assert (cfg["alpha"], cfg["beta"], cfg["gamma"]) == (0.0, 0.1, 0.0)
+    test = make_split("parity", "test", n=TINY.n_test, protocol="faithful")
+    summaries = [faithful_summary(Evaluation.load(run / "test_eval.npz"), first_answer_in(test)) for run in runs]
+    r = seed_distribution([s["r"]["mean"] for s in summaries])
+    tau = seed_distribution([s["tau"]["mean"] for s in summaries])
+    assert cells["SSM r (parity)"].startswith(f"{r['mean']:.3f} [{r['min']:.3f}, {r['max']:.3f}]")
+    assert f"mean of {len(runs)} seeds" in cells["SSM r (parity)"]
+    assert cells["Lag tau (SSM parity, threshold lag)"].startswith(f"{tau['mean']:.3f}")
+    headline = _section(report, "Headline cell")
+    for seed, s in enumerate(summaries):
+        t = s["tau"]
+        assert (f"| seed {seed} | {s['r']['mean']:.3f} | {t['mean']:.2f} | {s['n_analysed']} | "
+                f"{t['n_sc_default']} / {s['n']} | {t['n_hr_default']} / {s['n']} |") in headline
+    spread = seed_distribution(list(ORIGINAL_BETA_01_SPREAD))
+    assert f"| {spread['mean']:.3f} | {spread['sd']:.3f} |" in headline
+    assert "Why tau has its value" in headline
+
+
+def test_corrected_ssms_are_given_under_both_definitions(tiny_run: Path) -> None:
+    section = _section((tiny_run / "report.md").read_text(encoding="utf-8"), "The corrected SSMs under both")
+    runs = _run_dirs(tiny_run, "corrected_parity_ssm_s")
+    assert len(runs) == TINY.corrected_seeds
+    for seed, run in enumerate(runs):
+        both = definitions_side_by_side(Evaluation.load(run / "test_eval.npz")).to_dict()
+        corrected, original = both["corrected"]["r"]["mean"], both["faithful"]["r"]["mean"]
+        assert f"| seed {seed} | {corrected:.3f} (n=" in section
+        assert f"| {original:.3f} (n={both['faithful']['r']['n_valid']}) |" in section
 
 
 def test_figures_and_stage_outputs_exist(tiny_run: Path) -> None:
@@ -132,6 +184,8 @@ def test_interrupted_copy_resumed_from_another_directory_writes_the_same_report(
 
 
 def test_changed_alpha_beta_give_new_runs_not_stale_numbers(tiny_run, tmp_path):
+    """--alpha / --beta set the corrected protocol's runs: those are new; the faithful runs (the original's own
+    weights) are the same jobs, read back."""
     copy = tmp_path / "copy"
     shutil.copytree(tiny_run, copy)
     old = set(_runs_table_dirs((tiny_run / "report.md").read_text()))
@@ -139,8 +193,10 @@ def test_changed_alpha_beta_give_new_runs_not_stale_numbers(tiny_run, tmp_path):
     report = (copy / "report.md").read_text()
     assert "alpha = 0.5, beta = 0.0" in report
     new = _runs_table_dirs(report)
-    assert new and not set(new) & old
-    for run in new:
+    corrected = [run for run in new if run.startswith("runs/corrected_")]
+    assert corrected and not set(corrected) & old
+    assert {run for run in new if run.startswith("runs/faithful_")} <= old
+    for run in corrected:
         train_cfg = json.loads((copy / run / "run.json").read_text())["config"]["config"]["train"]
         assert (train_cfg["alpha"], train_cfg["beta"]) == (0.5, 0.0)
 

@@ -150,7 +150,9 @@ def test_bad_config_values(tmp_path):
     with pytest.raises(ValueError, match="^arch:"):
         TrainConfig(arch="rnn")
     with pytest.raises(ValueError, match="^variant:"):
-        TrainConfig(arch="transformer", variant="faithful")
+        TrainConfig(arch="transformer", variant="original")
+    with pytest.raises(ValueError, match="^data_protocol:"):
+        TrainConfig(data_protocol="original")
     with pytest.raises(ValueError, match="^n_train:"):
         TrainConfig(n_train=0)
     bad = tmp_path / "bad.json"

@@ -2,14 +2,18 @@
 
 Two protocols are run on the built-in synthetic tasks (no download):
 
-* faithful: the original's loss (energy term without gradient), the original SSM architecture
-  (variant="faithful"), one run (the original set no seeds, so its "seeds" were one checkpoint), halt F1
-  counted over PAD positions as the original did;
-* corrected: the differentiable loss, the default SSM, several seeds, halt F1 over positions before EOS.
+* faithful: the original's groups as it ran them (E_ssm: SSM, alpha 0, beta 0.1, over several seeds, the
+  headline cell; E_trans; the CE-only Transformer A; E_sort), with the original architectures
+  (variant="faithful"), data (make_split(..., protocol="faithful")), loss (energy term without gradient, halt BCE
+  over all positions), checkpoint rule and fp32, scored with the original's definitions (pna.analysis.faithful,
+  the Phase-8 probe statistic for the Transformer, PAD-positive halt F1, pooled free generation with the
+  lenient parse). The original set no seeds; its own spread of gradient-identical runs stands beside ours;
+* corrected: the differentiable loss, the default SSM, our data, several seeds, halt F1 over positions before
+  EOS, at the invocation's --alpha / --beta; for its SSMs, r and tau are also given under the original's
+  definitions (pna.evaluate.definitions_side_by_side).
 
-Both train an SSM and a Transformer on parity and an SSM on sorting, then: coupling r and lag on the test split,
-free generation (in-distribution and 9-10-bit OOD parity), transfer to arithmetic chains (zero-shot and after
-adaptation with a frozen halt head), and (corrected protocol) an alpha x beta sweep. Everything lands in --out:
+Then: free generation, transfer to arithmetic chains (zero-shot and after adaptation with a frozen halt head),
+and (corrected protocol) an alpha x beta sweep. Everything lands in --out:
 report.md, plots/*.png, timings.json and the JSON of every stage, each keyed by the hash of its whole config
 (pna.runner): a rerun reads back exactly the stages whose config is unchanged, and runs the rest anew.
 --force deletes only the files earlier invocations wrote (listed in their manifests) and starts over.
@@ -29,16 +33,19 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from tqdm import tqdm
 
 from pna import analysis, atomic, runner
 from pna.sweep import job_file, load_evaluation, run_sweep
 from pna.train import TrainConfig
 from pna.transfer import TransferSettings, transfer_job
 
-from .profiles import ARCHS, FULL, MAIN_RUNS, QUICK, TINY, Profile, Protocol, protocols
-from .report import FIRST_TABLE_ROWS, build_report
-from .stages import analyse_group, generation_stage, main_jobs, pooled as stages_pooled, run_name
+from pna.tasks import first_answer_in
+
+from .profiles import (ARCHS, FAITHFUL_GROUPS, FULL, MAIN_RUNS, QUICK, TINY, TRANSFER_MODELS, OriginalGroup, Profile,
+                       Protocol, protocols)
+from .report import FIRST_TABLE_ROWS, ReportInputs, build_report
+from .stages import (analyse_group, faithful_cell, faithful_generation_stage, faithful_run_name, generation_stage,
+                     job_test_split, main_jobs, phase8_stage, pooled as stages_pooled, run_name, side_by_side_stage)
 
 __all__ = ["FIRST_TABLE_ROWS", "FULL", "QUICK", "TINY", "Profile", "Protocol", "add_arguments", "run"]
 # the field an error names -> the `pna reproduce` flag that sets it
@@ -103,40 +110,77 @@ def run(args: argparse.Namespace) -> int:
                                                 desc="main runs", base=out)))
     runs = {k: {**results[k], "run_dir": f"runs/{jobs[k].dir_name}"} for k in labels}
     lap("main training runs + test evaluation")
+    faithful, corrected = protos
 
-    def seeds_of(p: Protocol, task: str, arch: str) -> list[runner.Job]:
-        return [jobs[run_name(p, task, arch, s)] for s in p.seeds]
+    def group_jobs(group: OriginalGroup) -> list[runner.Job]:
+        return [jobs[faithful_run_name(group, s)] for s in group.seeds(profile)]
 
-    groups: dict[str, dict[str, Any]] = {}
-    for p in tqdm(protos, desc="analysis"):
-        for task, arch in MAIN_RUNS:
-            group = seeds_of(p, task, arch)
-            groups[f"{p.name}_{task}_{arch}"] = runner.cached_stage(
-                out / "analysis", f"{p.name}_{task}_{arch}", {"stage": "analysis", "runs": [j.key for j in group]},
-                lambda js=group: analyse_group([load_evaluation(out / "runs", j) for j in js]), base=out)
-    lap("analysis")
+    def evaluations(group: Sequence[runner.Job]) -> list:
+        return [load_evaluation(out / "runs", j) for j in group]
 
     def checkpoint(job: runner.Job) -> Path:
         return job_file(out / "runs", job, results[job.label]["checkpoint"])
 
+    by_name = {g.name: g for g in FAITHFUL_GROUPS}
+    groups: dict[str, dict[str, Any]] = {}
+    for task, arch in MAIN_RUNS:
+        group = [jobs[run_name(corrected, task, arch, s)] for s in corrected.seeds]
+        groups[f"corrected_{task}_{arch}"] = runner.cached_stage(
+            out / "analysis", f"corrected_{task}_{arch}", {"stage": "analysis", "runs": [j.key for j in group]},
+            lambda js=group: analyse_group(evaluations(js)), base=out)
+    for name in ("E_ssm", "E_trans", "E_sort"):
+        group = group_jobs(by_name[name])
+        groups[f"faithful_{name}"] = runner.cached_stage(
+            out / "analysis", f"faithful_{name}", {"stage": "analysis", "runs": [j.key for j in group]},
+            lambda js=group: analyse_group(evaluations(js)), base=out)
+    e_ssm, e_sort, group_a = group_jobs(by_name["E_ssm"]), group_jobs(by_name["E_sort"]), group_jobs(by_name["A"])
+    parity_test = job_test_split(e_ssm[0])
+    faithful_cells = {
+        "E_ssm": runner.cached_stage(
+            out / "analysis", "faithful_cell_E_ssm", {"stage": "faithful_cell", "runs": [j.key for j in e_ssm]},
+            lambda: faithful_cell(evaluations(e_ssm), first_answer_in(parity_test)), base=out),
+        "E_sort": runner.cached_stage(
+            out / "analysis", "faithful_cell_E_sort", {"stage": "faithful_cell", "runs": [j.key for j in e_sort]},
+            lambda: faithful_cell(evaluations(e_sort), None), base=out),
+        "A": runner.cached_stage(
+            out / "analysis", "phase8_A", {"stage": "phase8", "run": group_a[0].key},
+            lambda: phase8_stage(checkpoint(group_a[0]), group_a[0], args.device), base=out),
+    }
+    ssm_corrected = [jobs[run_name(corrected, "parity", "ssm", s)] for s in corrected.seeds]
+    both = runner.cached_stage(
+        out / "analysis", "definitions_side_by_side", {"stage": "side_by_side", "runs": [j.key for j in ssm_corrected]},
+        lambda: side_by_side_stage(evaluations(ssm_corrected)), base=out)
+    lap("analysis")
+
     generation: dict[str, dict[str, Any]] = {}
-    for p in tqdm(protos, desc="free generation"):
-        for arch in ARCHS:
-            group = seeds_of(p, "parity", arch)
-            config = {"stage": "generation", "runs": [j.key for j in group], "n_free": profile.n_free,
-                      "n_free_ood": profile.n_free_ood}
-            generation[f"{p.name}_{arch}"] = runner.cached_stage(
-                out / "generation", f"{p.name}_{arch}", config,
-                lambda js=group: generation_stage([checkpoint(j) for j in js], profile, args.device), base=out)
+    for arch in ARCHS:
+        group = [jobs[run_name(corrected, "parity", arch, s)] for s in corrected.seeds]
+        config = {"stage": "generation", "runs": [j.key for j in group], "n_free": profile.n_free,
+                  "n_free_ood": profile.n_free_ood}
+        generation[f"corrected_{arch}"] = runner.cached_stage(
+            out / "generation", f"corrected_{arch}", config,
+            lambda js=group: generation_stage([checkpoint(j) for j in js], profile, args.device), base=out)
+    source = e_ssm[0]  # the row is the SSM's; one seed keeps the mode's time in check
+    config = {"stage": "faithful_generation", "run": source.key, "n_free": profile.n_free,
+              "n_free_ood": profile.n_free_ood}
+    generation["faithful_E_ssm"] = runner.cached_stage(
+        out / "generation", "faithful_E_ssm", config,
+        lambda: faithful_generation_stage(checkpoint(source), profile, args.device), base=out)
     lap("free generation")
 
     settings = TransferSettings(**profile.transfer)
+
+    def transfer_of(label: str, src: runner.Job, seed: int) -> runner.Job:
+        return transfer_job(label, checkpoint(src), settings, seed, args.device, source_key=src.key)
+
     transfer_jobs = {
-        f"{p.name}_{arch}": [transfer_job(f"{p.name}_{arch}_s{s}", checkpoint(src), settings, s, args.device,
-                                          source_key=src.key)
-                             for s in p.seeds[: profile.transfer_seeds] for src in [jobs[run_name(p, "parity", arch, s)]]]
-        for p in protos for arch in ARCHS
+        f"corrected_{arch}": [transfer_of(f"corrected_{arch}_s{s}", jobs[run_name(corrected, "parity", arch, s)], s)
+                              for s in corrected.seeds[: profile.transfer_seeds]]
+        for arch in ARCHS
     }
+    for arch, name in zip(ARCHS, ("E_ssm", "E_trans")):
+        sources = group_jobs(by_name[name])[:TRANSFER_MODELS]
+        transfer_jobs[f"faithful_{arch}"] = [transfer_of(src.label, src, s) for s, src in enumerate(sources)]
     flat = [job for group in transfer_jobs.values() for job in group]
     atomic.make_dirs(out / "transfer", base=out)
     done = dict(zip((j.key for j in flat), runner.run_jobs(flat, out / "transfer", workers=workers, desc="transfer",
@@ -151,10 +195,12 @@ def run(args: argparse.Namespace) -> int:
                           device=args.device)
     lap("sweep")
 
-    plots = _plots(out, protos, jobs)
+    plots = _plots(out, {"faithful": e_ssm, "corrected": ssm_corrected})
     lap("plots")
     invocation = {"alpha": args.alpha, "beta": args.beta, "device": args.device}
-    report = build_report(profile, protos, invocation, groups, generation, transfer, sweep, plots, runs)
+    report = build_report(profile, protos, invocation, ReportInputs(
+        groups=groups, faithful=faithful_cells, side_by_side=both, generation=generation, transfer=transfer,
+        sweep=sweep, plots=plots, runs=runs))
     path = atomic.write_text(out / "report.md", report.render())
     atomic.write_json(out / "timings.json", {"seconds": timings, "note": "stages found finished on disk were "
                                              "read back, not rerun"})
@@ -162,24 +208,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plots(out: Path, protos: Sequence[Protocol], jobs: dict[str, runner.Job]) -> dict[str, str]:
+def _plots(out: Path, ssm_runs: dict[str, Sequence[runner.Job]]) -> dict[str, str]:
     """The figures of SSM parity per protocol (seeds pooled): curves around rp, cross-correlation, r histogram;
-    paths relative to out."""
+    the faithful protocol's with the original's entropy (bits of the channel-mean state); paths relative to out."""
     folder = atomic.make_dirs(out / "plots", base=out)
     paths: dict[str, str] = {}
-    for p in protos:
-        ev = stages_pooled([load_evaluation(out / "runs", jobs[run_name(p, "parity", "ssm", s)]) for s in p.seeds])
-        series = (ev.entropy, ev.halt_logits, ev.result_pos, ev.lengths)
-        title = f"SSM parity, {p.name} protocol"
-        analysis.plot_aligned_curves(*series, folder / f"curves_{p.name}.png", title=title)
-        paths[f"curves_{p.name}"] = f"plots/curves_{p.name}.png"
+    for name, group in ssm_runs.items():
+        ev = stages_pooled([load_evaluation(out / "runs", job) for job in group])
+        entropy = ev.channel_mean_entropy if name == "faithful" else ev.entropy
+        series = (entropy, ev.halt_logits, ev.result_pos, ev.lengths)
+        title = f"SSM parity, {name} protocol"
+        analysis.plot_aligned_curves(*series, folder / f"curves_{name}.png", title=title)
+        paths[f"curves_{name}"] = f"plots/curves_{name}.png"
         xcorr = analysis.cross_correlation(*series)
-        analysis.plot_cross_correlation(xcorr.lags, xcorr.c, folder / f"xcorr_{p.name}.png",
+        analysis.plot_cross_correlation(xcorr.lags, xcorr.c, folder / f"xcorr_{name}.png",
                                         c_differenced=analysis.cross_correlation(*series, differenced=True).c,
                                         title=title)
-        paths[f"xcorr_{p.name}"] = f"plots/xcorr_{p.name}.png"
+        paths[f"xcorr_{name}"] = f"plots/xcorr_{name}.png"
         r = analysis.coupling(*series).r
         if r.size:
-            analysis.plot_r_histogram(r, folder / f"r_hist_{p.name}.png", title=title)
-            paths[f"r_hist_{p.name}"] = f"plots/r_hist_{p.name}.png"
+            analysis.plot_r_histogram(r, folder / f"r_hist_{name}.png", title=title)
+            paths[f"r_hist_{name}"] = f"plots/r_hist_{name}.png"
     return paths

@@ -4,15 +4,18 @@ same bytes as an uninterrupted one (timings go to timings.json, not into the rep
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
-from pna.paper import paper_number
+from pna.analysis import seed_distribution
+from pna.generate import ORIGINAL_MAX_NEW_TOKENS
+from pna.paper import CONTEXT_KEYS, ORIGINAL_BETA_01_SPREAD, paper_number
 from pna.report import NOT_RUN, Estimate, MarkdownReport
 from pna.sweep import SweepResult
 
-from .profiles import ARCHS, MAIN_RUNS, Profile, Protocol
+from .profiles import ARCHS, FAITHFUL_GROUPS, MAIN_RUNS, Profile, Protocol
 from .stages import OOD_BITS, PARITY_MAX_LEN
 
 # (row key, label) of the report's first table, in order; keys match pna.paper.
@@ -52,23 +55,31 @@ def _r_estimate(group: dict[str, Any] | None) -> Estimate:
     return _summary_estimate(group["coupling"], detail)
 
 
-def first_table_cells(
-    protocol: Protocol, groups: dict[str, dict[str, Any]], generation: dict[str, dict[str, Any]],
-    transfer: dict[str, list[dict[str, Any]]],
-) -> dict[str, Estimate]:
-    """One protocol's column of the first table, keyed like FIRST_TABLE_ROWS."""
-    ssm, tf, sorting = (groups.get(f"{protocol.name}_{t}_{a}") for t, a in MAIN_RUNS)
-    cells = {"ssm_r": _r_estimate(ssm), "transformer_r": _r_estimate(tf), "sorting_r": _r_estimate(sorting)}
-    if ssm is not None:
-        lag = ssm["lag"]
-        cells["lag_tau"] = _summary_estimate(lag, f"{lag['n_censored']} censored; tau < 0: entropy collapses first")
-        tf_acc = ssm["teacher_forced"]
-        cells["teacher_forced_accuracy"] = Estimate(tf_acc["answer_accuracy"], tuple(tf_acc["answer_ci"]),
-                                                    tf_acc["n"], scale=100, digits=1)
-    gen = generation.get(f"{protocol.name}_ssm")
-    if gen is not None:
-        cells["free_generation_accuracy"] = Estimate(gen["in_dist"]["accuracy"], tuple(gen["in_dist"]["ci"]),
-                                                     gen["in_dist"]["n"], "in-distribution", scale=100, digits=1)
+@dataclass(frozen=True)
+class ReportInputs:
+    """The stages' JSON outputs the report is made of.
+
+    groups: "corrected_<task>_<arch>" and "faithful_<group>" -> stages.analyse_group (the corrected statistics);
+    faithful: "E_ssm" / "E_sort" -> stages.faithful_cell, "A" -> stages.phase8_stage; side_by_side:
+    stages.side_by_side_stage of the corrected SSM parity runs; generation: "corrected_<arch>" ->
+    stages.generation_stage, "faithful_<group>" -> stages.faithful_generation_stage; transfer: "<protocol>_<arch>"
+    -> transfer job results; sweep: None with --skip-sweep; plots: name -> path relative to the output root;
+    runs: label -> the main job's result plus "run_dir" (relative to the output root)."""
+
+    groups: dict[str, dict[str, Any]]
+    faithful: dict[str, dict[str, Any]]
+    side_by_side: dict[str, Any]
+    generation: dict[str, dict[str, Any]]
+    transfer: dict[str, list[dict[str, Any]]]
+    sweep: SweepResult | None
+    plots: dict[str, str]
+    runs: dict[str, dict[str, Any]]
+
+
+def _transfer_cells(protocol: Protocol, transfer: dict[str, list[dict[str, Any]]]) -> dict[str, Estimate]:
+    """The four transfer rows of one protocol: the mean F1 over its runs per architecture (the faithful protocol:
+    the original's F1 over PAD, averaged over two models as the original did)."""
+    cells = {}
     key = "f1_with_pad" if protocol.f1_over_pad else "f1"
     for arch in ARCHS:
         runs = transfer.get(f"{protocol.name}_{arch}")
@@ -79,41 +90,122 @@ def first_table_cells(
             values = [_num(r[stage][key]) for r in runs]
             ci = tuple(runs[0][stage][key + "_ci"]) if len(runs) == 1 else (min(values), max(values))
             detail = f"{'F1 over PAD' if protocol.f1_over_pad else 'F1 before EOS'}; " + (
-                "1 run" if len(runs) == 1 else f"mean of {len(runs)} runs, brackets: their range; n summed over runs")
+                "1 run" if len(runs) == 1 else f"mean of {len(runs)} models, brackets: their range; n per model")
             cells[f"transfer_{stage}_{arch}"] = Estimate(
-                float(np.mean(values)), ci, sum(r["n_test"] for r in runs), detail, scale=100, digits=1)
+                float(np.mean(values)), ci, runs[0]["n_test"], detail, scale=100, digits=1)
+    return cells
+
+
+def corrected_cells(protocol: Protocol, inputs: ReportInputs) -> dict[str, Estimate]:
+    """The corrected protocol's column of the first table, keyed like FIRST_TABLE_ROWS."""
+    groups = inputs.groups
+    ssm, tf, sorting = (groups.get(f"{protocol.name}_{t}_{a}") for t, a in MAIN_RUNS)
+    cells = {"ssm_r": _r_estimate(ssm), "transformer_r": _r_estimate(tf), "sorting_r": _r_estimate(sorting)}
+    if ssm is not None:
+        lag = ssm["lag"]
+        cells["lag_tau"] = _summary_estimate(lag, f"{lag['n_censored']} censored; tau < 0: the halt signal leads")
+        tf_acc = ssm["teacher_forced"]
+        cells["teacher_forced_accuracy"] = Estimate(tf_acc["answer_accuracy"], tuple(tf_acc["answer_ci"]),
+                                                    tf_acc["n"], "whole answer", scale=100, digits=1)
+    gen = inputs.generation.get(f"{protocol.name}_ssm")
+    if gen is not None:
+        cells["free_generation_accuracy"] = Estimate(gen["in_dist"]["accuracy"], tuple(gen["in_dist"]["ci"]),
+                                                     gen["in_dist"]["n"], "in-distribution, strict parse",
+                                                     scale=100, digits=1)
+    cells.update(_transfer_cells(protocol, inputs.transfer))
     return {key: cells.get(key, Estimate(None)) for key, _ in FIRST_TABLE_ROWS}
 
 
-def build_report(
-    profile: Profile, protos: Sequence[Protocol], settings: dict[str, Any], groups: dict[str, dict[str, Any]],
-    generation: dict[str, dict[str, Any]], transfer: dict[str, list[dict[str, Any]]], sweep: SweepResult | None,
-    plots: dict[str, str], runs: dict[str, dict[str, Any]],
-) -> MarkdownReport:
-    """The Markdown report: the side-by-side table first, then details, sweep, figures and the runs.
+def _default_counts(cell: dict[str, Any]) -> tuple[int, int, int]:
+    """(examples with sc = L, with hr = L, examples) summed over the seeds of a stages.faithful_cell."""
+    seeds = cell["per_seed"]
+    return (sum(s["tau"]["n_sc_default"] for s in seeds), sum(s["tau"]["n_hr_default"] for s in seeds),
+            sum(s["n"] for s in seeds))
 
-    settings: alpha, beta, device and skip_sweep of the invocation; plots and sweep heatmaps: paths relative to
-    the output root; runs: label -> the main job's result plus "run_dir" (relative to the output root).
+
+def _seed_estimate(dist: dict[str, Any] | None, n: int, note: str = "") -> Estimate:
+    """A cell of the headline cell E_ssm from a seed distribution: its mean, brackets min..max over the seeds, n
+    examples per seed, then note."""
+    extra = f"; {note}" if note else ""
+    if dist is None:
+        return Estimate(math.nan, None, n, f"E_ssm: undefined in every seed{extra}")
+    sd = "" if dist["sd"] is None else f", sd {dist['sd']:.3f}"
+    return Estimate(dist["mean"], (dist["min"], dist["max"]), n,
+                    f"E_ssm, mean of {dist['n']} seeds, brackets: their min..max{sd}; n per seed{extra}")
+
+
+def faithful_cells(protocol: Protocol, inputs: ReportInputs) -> dict[str, Estimate]:
+    """The faithful protocol's column of the first table, every cell computed with the original's definitions
+    (see ReportInputs and pna.paper's notes), keyed like FIRST_TABLE_ROWS."""
+    cells: dict[str, Estimate] = {}
+    head = inputs.faithful.get("E_ssm")
+    if head is not None:
+        first = head["per_seed"][0]
+        cells["ssm_r"] = _seed_estimate(head["r"], first["n_analysed"])
+        sc, hr, n = _default_counts(head)
+        cells["lag_tau"] = _seed_estimate(head["tau"], first["n_analysed"],
+                                          f"sc = L in {sc} of {n} examples, hr = L in {hr} (see the headline cell)")
+        acc = [s["first_answer_accuracy"] for s in head["per_seed"]]
+        cells["teacher_forced_accuracy"] = Estimate(
+            float(np.mean(acc)), (min(acc), max(acc)) if len(acc) > 1 else None, first["n_split"],
+            f"first answer token at rp, mixed split; E_ssm, mean of {len(acc)} seeds, brackets: their min..max",
+            scale=100, digits=1)
+    sort = inputs.faithful.get("E_sort")
+    if sort is not None:
+        r = sort["per_seed"][0]["r"]
+        cells["sorting_r"] = Estimate(_num(r["mean"]), None, r["n_valid"], "E_sort, 1 seed")
+    probe = inputs.faithful.get("A")
+    if probe is not None:
+        cells["transformer_r"] = Estimate(
+            _num(probe["mean"]), None, probe["n_valid"],
+            f"Phase-8 probe statistic of the CE-only Transformer A, 1 seed; probe accuracy {probe['probe_accuracy']:.2f}")
+    gen = inputs.generation.get("faithful_E_ssm")
+    if gen is not None:
+        pooled = gen["pooled"]
+        cells["free_generation_accuracy"] = Estimate(
+            pooled["accuracy"], tuple(pooled["ci"]), pooled["n"],
+            f"E_ssm seed 0; pooled {gen['in_dist']['n']} in-distribution + {gen['ood']['n']} OOD, lenient parse",
+            scale=100, digits=1)
+    cells.update(_transfer_cells(protocol, inputs.transfer))
+    return {key: cells.get(key, Estimate(None)) for key, _ in FIRST_TABLE_ROWS}
+
+
+def build_report(profile: Profile, protos: Sequence[Protocol], settings: dict[str, Any],
+                 inputs: ReportInputs) -> MarkdownReport:
+    """The Markdown report: the side-by-side table first, then the headline cell over seeds beside the original's
+    spread, both definitions for the corrected models, the notes, details, sweep, figures and the runs.
+
+    settings: alpha, beta and device of the invocation.
     """
     report = MarkdownReport("Architectural proprioception: paper vs. faithful reproduction vs. corrected protocol")
     report.paragraph(
-        f"Mode: **{profile.name}**; main runs with alpha = {settings['alpha']}, beta = {settings['beta']}; device "
-        f"{settings['device']}. Every number below except the 'Paper' column was measured by the runs listed "
-        "under 'Runs' (each folder name ends with the hash of the run's whole config); brackets are 95% bootstrap "
-        "CIs over examples, n counts examples (pooled over seeds). Stage timings are in timings.json.")
-    cells = {p.name: first_table_cells(p, groups, generation, transfer) for p in protos}
+        f"Mode: **{profile.name}**; device {settings['device']}. Faithful column: the original's groups, data, "
+        "loss and definitions (see 'Protocols'); corrected column: main runs with alpha = "
+        f"{settings['alpha']}, beta = {settings['beta']}. Every number below except the 'Paper' column was "
+        "measured by the runs listed under 'Runs' (each folder name ends with the hash of the run's whole config); "
+        "brackets are 95% bootstrap CIs over examples unless the cell says otherwise, n counts examples. Stage "
+        "timings are in timings.json.")
+    faithful, corrected = protos
+    cells = {"faithful": faithful_cells(faithful, inputs), "corrected": corrected_cells(corrected, inputs)}
     rows = [[label, paper_number(key).text, cells["faithful"][key].format(), cells["corrected"][key].format()]
             for key, label in FIRST_TABLE_ROWS]
     report.table(["Quantity", "Paper", "Faithful reproduction", "Corrected protocol"], rows)
+    _headline(report, inputs.faithful.get("E_ssm"))
+    _definitions(report, inputs.side_by_side)
     report.heading("Protocols")
     report.bullets([f"**{p.name}**: {p.description}" for p in protos])
+    report.bullets([f"faithful group **{g.name}** ({len(g.seeds(profile))} seed(s)): {g.role}"
+                    for g in FAITHFUL_GROUPS])
     report.heading("What the paper's numbers measured")
-    report.bullets([f"**{label}**: {paper_number(key).note}" for key, label in FIRST_TABLE_ROWS])
+    report.bullets([f"**{label}**: {paper_number(key).note} Ours (faithful column): {paper_number(key).ours}."
+                    for key, label in FIRST_TABLE_ROWS]
+                   + [f"**{key}** ({paper_number(key).text}): {paper_number(key).note}" for key in CONTEXT_KEYS])
     if profile.reductions:
         report.heading(f"What the {profile.name} mode reduced")
         report.bullets(list(profile.reductions))
-    _details(report, protos, groups, generation, transfer)
+    _details(report, inputs)
     report.heading("Sweep (corrected protocol, SSM parity)")
+    sweep = inputs.sweep
     if sweep is None:
         report.paragraph(NOT_RUN + " (--skip-sweep)")
     else:
@@ -125,14 +217,81 @@ def build_report(
         for path in sweep.heatmaps:
             report.image(f"sweep/{path}", path.rsplit("/", 1)[-1].rsplit(".", 1)[0])
     report.heading("Figures")
-    for name, path in sorted(plots.items()):
+    report.paragraph("SSM parity, seeds pooled; the faithful figures use the original's entropy (bits of the "
+                     "channel-mean state), the corrected ones the whole state's (nats).")
+    for name, path in sorted(inputs.plots.items()):
         report.image(path, name)
     report.heading("Runs")
-    report.table(["run", "epochs", "token acc", "answer acc", "mean r", "checkpoint"], [
+    report.table(["run", "epochs", "token acc", "answer acc", "mean r (corrected definition)", "checkpoint"], [
         [name, r["epochs"], f"{r['token_accuracy']:.3f}", f"{r['answer_accuracy']:.3f}",
          Estimate(r["coupling"]["mean"]).format(), f"{r['run_dir']}/{r['checkpoint']}"]
-        for name, r in sorted(runs.items())])
+        for name, r in sorted(inputs.runs.items())])
     return report
+
+
+def _described(dist: dict[str, Any] | None, digits: int) -> list[str]:
+    """Cells (values, mean, sd, min .. max) of a seed distribution (pna.analysis.seed_distribution)."""
+    if dist is None:
+        return ["undefined in every seed", "", "", ""]
+    sd = "n/a" if dist["sd"] is None else f"{dist['sd']:.{digits}f}"
+    return [", ".join(f"{v:.{digits}f}" for v in dist["values"]), f"{dist['mean']:.{digits}f}", sd,
+            f"{dist['min']:.{digits}f} .. {dist['max']:.{digits}f}"]
+
+
+def _headline(report: MarkdownReport, cell: dict[str, Any] | None) -> None:
+    """The headline cell E_ssm: each seed's faithful r and tau with the examples at each L default, their
+    distribution, and the original's own spread of gradient-identical runs beside it."""
+    report.heading("Headline cell E_ssm (alpha 0, beta 0.1, gamma 0) over seeds, beside the original's spread")
+    if cell is None:
+        report.paragraph(NOT_RUN)
+        return
+    rows = []
+    for seed, s in enumerate(cell["per_seed"]):
+        t, x = s["tau"], s["xcorr"]
+        rows.append([f"seed {seed}", _fmt(s["r"]["mean"], ".3f"), _fmt(t["mean"], ".2f"), s["n_analysed"],
+                     f"{t['n_sc_default']} / {s['n']}", f"{t['n_hr_default']} / {s['n']}",
+                     f"{t['n_both_default']} / {s['n']}", _fmt(s["halt_f1"], ".3f"),
+                     _fmt(s["first_answer_accuracy"], ".3f"), f"{x['raw_peak_lag']} / {x['deriv_peak_lag']}"])
+    report.table(["E_ssm run", "r", "tau", "n analysed", "sc = L (entropy never halved)", "hr = L (q never > 0.5)",
+                  "both at L (tau = 0)", "halt F1 (PAD positive)", "first-answer acc", "xcorr peaks (levels / "
+                  "derivatives, original axis)"], rows)
+    spread = seed_distribution(list(ORIGINAL_BETA_01_SPREAD))
+    seeds = len(cell["per_seed"])
+    report.table(["", "values", "mean", "sd", "min .. max"], [
+        [f"r, ours ({seeds} seeds of E_ssm)", *_described(cell["r"], 3)],
+        [f"r, the original ({spread['n']} runs gradient-identical to E_ssm, no seed set)", *_described(spread, 3)],
+        [f"tau, ours ({seeds} seeds of E_ssm)", *_described(cell["tau"], 2)],
+        ["tau, the original (E_ssm)", paper_number("lag_tau").text, "", "", ""],
+    ])
+    report.paragraph(paper_number("ssm_r_spread").note)
+    sc, hr, n = _default_counts(cell)
+    report.paragraph(
+        "Why tau has its value: tau = hr - sc per example (tau < 0: the halt signal leads), averaged over every "
+        "example, with sc = L = rp + 1 where the channel-mean entropy never falls below half its first value and "
+        f"hr = L where q never exceeds 0.5 by rp. Over the {seeds} seeds, sc took the default L in {sc} of {n} "
+        f"examples and hr in {hr} of {n} (per seed: the table above). Where sc = L, tau = hr - L is set by when q "
+        "crosses 0.5 alone, which the 0.5 halt labels at rp-2, rp-1 train to lie near L - 2: tau near -2 then "
+        "says nothing about the entropy. Where hr = L too, tau = 0. The paper's "
+        f"{paper_number('lag_tau').text}: {paper_number('lag_tau').note}")
+
+
+def _definitions(report: MarkdownReport, both: dict[str, Any]) -> None:
+    """r and tau of each corrected SSM run under the corrected and the original's definitions."""
+    report.heading("The corrected SSMs under both definitions")
+    rows = []
+    for seed, d in enumerate(both["per_seed"]):
+        cr, ct, f = d["corrected"]["r"], d["corrected"]["tau"], d["faithful"]
+        rows.append([f"seed {seed}", f"{_fmt(cr['mean'], '.3f')} (n={cr['n']})",
+                     f"{_fmt(f['r']['mean'], '.3f')} (n={f['r']['n_valid']})",
+                     f"{_fmt(ct['mean'], '.2f')} (n={ct['n']}; {ct['n_censored']} censored)",
+                     f"{_fmt(f['tau']['mean'], '.2f')} (n={f['n']}; sc = L in {f['tau']['n_sc_default']}, hr = L in "
+                     f"{f['tau']['n_hr_default']})"])
+    report.table(["corrected SSM parity run", "r, corrected (whole-state entropy, nats)",
+                  "r, original (channel-mean entropy, bits)", "tau, corrected (min-max collapse, censored)",
+                  "tau, original (half of the first value, L defaults kept)"], rows)
+    report.paragraph("Same models, same test examples (the corrected pure-parity split), two definitions: the "
+                     "difference between the columns is definition, not training. Both lags use tau = t_halt - "
+                     "t_collapse (negative: the halt signal leads).")
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -140,10 +299,14 @@ def _fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def _details(report: MarkdownReport, protos: Sequence[Protocol], groups: dict[str, dict[str, Any]],
-             generation: dict[str, dict[str, Any]], transfer: dict[str, list[dict[str, Any]]]) -> None:
+def _details(report: MarkdownReport, inputs: ReportInputs) -> None:
     """Second-level tables: coupling statistics, halting metrics, free generation, transfer."""
-    report.heading("Coupling and lag (teacher forced, test split, seeds pooled)")
+    groups, transfer = inputs.groups, inputs.transfer
+    generation = {k: v for k, v in inputs.generation.items() if k.startswith("corrected_")}
+    report.heading("Coupling and lag under the corrected definitions (teacher forced, test split, seeds pooled)")
+    report.paragraph("Every group, the faithful ones included, with the corrected statistics (whole-state "
+                     "entropy in nats, min-max collapse, censored lag); the faithful numbers of the faithful groups "
+                     "are in the first table and the headline cell.")
     rows = []
     for key, g in groups.items():
         c, lag, x, xd = g["coupling"], g["lag"], g["xcorr"], g["xcorr_differenced"]
@@ -163,7 +326,22 @@ def _details(report: MarkdownReport, protos: Sequence[Protocol], groups: dict[st
          _fmt(h["mean_stop_error"], ".2f"), f"{h['early_rate']:.2f}", f"{h['exact_rate']:.2f}",
          f"{h['late_rate']:.2f}", f"{h['never_rate']:.2f}"]
         for key, g in groups.items() for h in [g["halting"]]])
-    report.heading("Free generation (parity, greedy, stop on HALT, EOS or q > 0.95)")
+    report.heading("Free generation, faithful protocol (the original's inputs, lenient parse)")
+    rows = []
+    for key, gen in inputs.generation.items():
+        if key.startswith("faithful_"):
+            s = gen["summary"]
+            rows.append([key, Estimate(gen["pooled"]["accuracy"], tuple(gen["pooled"]["ci"]), gen["pooled"]["n"],
+                                       scale=100, digits=1).format(),
+                         f"{100 * gen['in_dist']['accuracy']:.1f} (n={gen['in_dist']['n']})",
+                         f"{100 * gen['ood']['accuracy']:.1f} (n={gen['ood']['n']})", f"{s['halt_accuracy']:.2f}",
+                         ", ".join(f"{r} {n}" for r, n in sorted(s["stop_reasons"].items()))])
+    report.table(["model (seed 0)", "pooled accuracy (%)", "in-distribution (%)", "OOD 9-10 bits (%)",
+                  "halt accuracy", "stop reasons"], rows)
+    report.paragraph(f"Greedy from '<BOS>Input:{{bits}} ', at most {ORIGINAL_MAX_NEW_TOKENS} new tokens, stop on "
+                     "HALT, EOS or q > 0.95; the answer read leniently (the first 'Result:d', else the last '=d', "
+                     "else the last 0/1), as the original did.")
+    report.heading("Free generation, corrected protocol (parity, greedy, stop on HALT, EOS or q > 0.95)")
     rows = []
     for key, gen in generation.items():
         for split in ("in_dist", "ood"):

@@ -10,15 +10,19 @@ from typing import Any, Sequence
 import numpy as np
 
 from pna import analysis, runner
-from pna.evaluate import Evaluation
-from pna.generate import answer_correct, free_generation
+from pna.analysis.probe import answer_entropy_r
+from pna.evaluate import Evaluation, definitions_side_by_side, faithful_summary
+from pna.generate import ORIGINAL_MAX_NEW_TOKENS, answer_correct, free_generation
 from pna.sweep import train_eval_job
 from pna.tasks import make_split
-from pna.train import load_checkpoint
+from pna.tasks.original import original_generation_examples
+from pna.train import TrainConfig, load_checkpoint
 
-from .profiles import MAIN_RUNS, Profile, Protocol, protocols
+from .profiles import FAITHFUL_GROUPS, MAIN_RUNS, OriginalGroup, Profile, Protocol, protocols
 
 PARITY_MAX_LEN = 64
+# The original generated up to 256 positions (its models' max_seq_len).
+FAITHFUL_GENERATION_MAX_LEN = 256
 OOD_BITS = (9, 10)
 
 
@@ -27,16 +31,84 @@ def run_name(protocol: Protocol, task: str, arch: str, seed: int) -> str:
     return f"{protocol.name}_{task}_{arch}_s{seed}"
 
 
+def faithful_run_name(group: OriginalGroup, seed: int) -> str:
+    """Label of one faithful-protocol run of an original group, e.g. 'faithful_E_ssm_s0'."""
+    return f"faithful_{group.name}_s{seed}"
+
+
 def main_jobs(profile: Profile, alpha: float, beta: float, device: str) -> dict[str, runner.Job]:
-    """Every main training run by label: both protocols x MAIN_RUNS x the protocol's seeds."""
-    return {
-        run_name(p, task, arch, seed): train_eval_job(
-            run_name(p, task, arch, seed),
-            {**profile.train[arch], "task": task, "arch": arch, "variant": p.variant(arch), "loss_mode": p.loss_mode,
-             "alpha": alpha, "beta": beta, "seed": seed},
+    """Every main training run by label: the corrected protocol's MAIN_RUNS x its seeds at (alpha, beta), and the
+    faithful protocol's FAITHFUL_GROUPS x their seeds (the original's variants, data, loss and weights, fp32)."""
+    corrected = protocols(profile)[1]
+    jobs = {
+        run_name(corrected, task, arch, seed): train_eval_job(
+            run_name(corrected, task, arch, seed),
+            {**profile.train[arch], "task": task, "arch": arch, "variant": corrected.variant(arch),
+             "loss_mode": corrected.loss_mode, "alpha": alpha, "beta": beta, "seed": seed},
             n_test=profile.n_test, device=device)
-        for p in protocols(profile) for task, arch in MAIN_RUNS for seed in p.seeds
+        for task, arch in MAIN_RUNS for seed in corrected.seeds
     }
+    for group in FAITHFUL_GROUPS:
+        for seed in group.seeds(profile):
+            jobs[faithful_run_name(group, seed)] = train_eval_job(
+                faithful_run_name(group, seed),
+                {**profile.train[group.arch], "task": group.task, "arch": group.arch, "variant": "faithful",
+                 "loss_mode": "faithful", "data_protocol": "faithful", "bf16": False, "alpha": group.alpha,
+                 "beta": group.beta, "gamma": 0.0, "seed": seed},
+                n_test=profile.n_test, device=device)
+    return jobs
+
+
+def job_test_split(job: runner.Job) -> list:
+    """The test examples a finished train_eval_job evaluated on (regenerated: the splits are deterministic)."""
+    return TrainConfig(**job.config["train"]).split("test", job.config["n_test"])
+
+
+def faithful_cell(evaluations: Sequence[Evaluation], analysed: Sequence[int] | None) -> dict[str, Any]:
+    """The faithful statistics of one group of SSM runs (one evaluation per seed, protocol "faithful"):
+    pna.evaluate.faithful_summary of each seed over `analysed` (None: every example; the parity cell:
+    pna.tasks.first_answer_in of the mixed test split), and the seeds' mean r and mean tau as distributions
+    (pna.analysis.seed_distribution; None where no seed gave a number)."""
+    per_seed = [faithful_summary(ev, range(ev.n) if analysed is None else analysed) for ev in evaluations]
+
+    def distribution(name: str) -> dict[str, Any] | None:
+        values = [s[name]["mean"] for s in per_seed if s[name]["mean"] is not None]
+        return analysis.seed_distribution(values) if values else None
+
+    return {"per_seed": per_seed, "r": distribution("r"), "tau": distribution("tau")}
+
+
+def phase8_stage(checkpoint: str | Path, train_job: runner.Job, device: str) -> dict[str, Any]:
+    """The original's Transformer r (Phase 8, pna.analysis.probe.answer_entropy_r) of the CE-only Transformer at
+    checkpoint: the probe learns on the run's own (faithful) training split and is scored on its test split."""
+    cfg = TrainConfig(**train_job.config["train"])
+    model, _ = load_checkpoint(checkpoint, device)
+    result = answer_entropy_r(model, cfg.split("train", cfg.split_sizes()[0]), job_test_split(train_job),
+                              device=device)
+    return result.to_dict()
+
+
+def faithful_generation_stage(checkpoint: str | Path, profile: Profile, device: str) -> dict[str, Any]:
+    """The original's free generation of one checkpoint: pna.tasks.original.original_generation_examples (the
+    profile's n_free in-distribution + n_free_ood OOD inputs, pooled), up to ORIGINAL_MAX_NEW_TOKENS new tokens,
+    stop at q > 0.95, lenient parse; the pooled accuracy with its bootstrap CI and each part's."""
+    examples = original_generation_examples(profile.n_free, profile.n_free_ood)
+    model, _ = load_checkpoint(checkpoint, device)
+    summary, gens = free_generation(model, examples, max_len=FAITHFUL_GENERATION_MAX_LEN, device=device,
+                                    max_new_tokens=ORIGINAL_MAX_NEW_TOKENS, parse="lenient")
+    correct = np.array(answer_correct(gens, examples, parse="lenient"), dtype=float)
+    ood = np.array([bool(ex.meta.get("ood")) for ex in examples])
+    return {"pooled": {"accuracy": float(correct.mean()), "ci": list(analysis.bootstrap_ci(correct)),
+                       "n": int(correct.size)},
+            "in_dist": {"accuracy": float(correct[~ood].mean()), "n": int((~ood).sum())},
+            "ood": {"accuracy": float(correct[ood].mean()), "n": int(ood.sum())},
+            "summary": summary.to_dict()}
+
+
+def side_by_side_stage(evaluations: Sequence[Evaluation]) -> dict[str, Any]:
+    """r and tau of each corrected SSM run (one evaluation per seed) under both protocols'
+    definitions (pna.evaluate.definitions_side_by_side)."""
+    return {"per_seed": [definitions_side_by_side(ev).to_dict() for ev in evaluations]}
 
 
 def pooled(evaluations: Sequence[Evaluation]) -> Evaluation:
