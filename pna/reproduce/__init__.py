@@ -36,6 +36,7 @@ from pna.sweep import job_file, load_evaluation, run_sweep
 from pna.train import TrainConfig
 from pna.transfer import TransferSettings, transfer_job
 
+from .learning import mark_runs, per_run_free_generation
 from .profiles import ARCHS, FULL, MAIN_RUNS, QUICK, TINY, Profile, Protocol, protocols
 from .report import FIRST_TABLE_ROWS, build_report
 from .stages import analyse_group, generation_stage, main_jobs, pooled as stages_pooled, run_name
@@ -101,20 +102,12 @@ def run(args: argparse.Namespace) -> int:
     labels = list(jobs)
     results = dict(zip(labels, runner.run_jobs([jobs[k] for k in labels], out / "runs", workers=workers,
                                                 desc="main runs", base=out)))
-    runs = {k: {**results[k], "run_dir": f"runs/{jobs[k].dir_name}"} for k in labels}
+    runs = {k: {**results[k], "run_dir": f"runs/{jobs[k].dir_name}", "task": jobs[k].config["train"]["task"]}
+            for k in labels}
     lap("main training runs + test evaluation")
 
     def seeds_of(p: Protocol, task: str, arch: str) -> list[runner.Job]:
         return [jobs[run_name(p, task, arch, s)] for s in p.seeds]
-
-    groups: dict[str, dict[str, Any]] = {}
-    for p in tqdm(protos, desc="analysis"):
-        for task, arch in MAIN_RUNS:
-            group = seeds_of(p, task, arch)
-            groups[f"{p.name}_{task}_{arch}"] = runner.cached_stage(
-                out / "analysis", f"{p.name}_{task}_{arch}", {"stage": "analysis", "runs": [j.key for j in group]},
-                lambda js=group: analyse_group([load_evaluation(out / "runs", j) for j in js]), base=out)
-    lap("analysis")
 
     def checkpoint(job: runner.Job) -> Path:
         return job_file(out / "runs", job, results[job.label]["checkpoint"])
@@ -129,6 +122,19 @@ def run(args: argparse.Namespace) -> int:
                 out / "generation", f"{p.name}_{arch}", config,
                 lambda js=group: generation_stage([checkpoint(j) for j in js], profile, args.device), base=out)
     lap("free generation")
+    runs = mark_runs(runs, per_run_free_generation(protos, generation, run_name))
+    groups: dict[str, dict[str, Any]] = {}
+    excluded: dict[str, int] = {}  # group -> main runs left out because they did not learn
+    for p in tqdm(protos, desc="analysis"):
+        for task, arch in MAIN_RUNS:
+            group = [j for j in seeds_of(p, task, arch) if not (profile.exclude_unlearned and runs[j.label]["verdict"])]
+            excluded[f"{p.name}_{task}_{arch}"] = len(p.seeds) - len(group)
+            if not group:
+                continue
+            groups[f"{p.name}_{task}_{arch}"] = runner.cached_stage(
+                out / "analysis", f"{p.name}_{task}_{arch}", {"stage": "analysis", "runs": [j.key for j in group]},
+                lambda js=group: analyse_group([load_evaluation(out / "runs", j) for j in js]), base=out)
+    lap("analysis")
 
     settings = TransferSettings(**profile.transfer)
     transfer_jobs = {
@@ -151,10 +157,11 @@ def run(args: argparse.Namespace) -> int:
                           device=args.device)
     lap("sweep")
 
-    plots = _plots(out, protos, jobs)
+    plots = _plots(out, protos, jobs, [k for k, r in runs.items() if not (profile.exclude_unlearned and r['verdict'])])
     lap("plots")
     invocation = {"alpha": args.alpha, "beta": args.beta, "device": args.device}
-    report = build_report(profile, protos, invocation, groups, generation, transfer, sweep, plots, runs)
+    report = build_report(profile, protos, invocation, groups, generation, transfer, sweep, plots, runs,
+                          excluded=excluded)
     path = atomic.write_text(out / "report.md", report.render())
     atomic.write_json(out / "timings.json", {"seconds": timings, "note": "stages found finished on disk were "
                                              "read back, not rerun"})
@@ -162,13 +169,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plots(out: Path, protos: Sequence[Protocol], jobs: dict[str, runner.Job]) -> dict[str, str]:
-    """The figures of SSM parity per protocol (seeds pooled): curves around rp, cross-correlation, r histogram;
-    paths relative to out."""
+def _plots(out: Path, protos: Sequence[Protocol], jobs: dict[str, runner.Job], kept: Sequence[str]) -> dict[str, str]:
+    """The figures of SSM parity per protocol (the seeds among `kept` run labels pooled; none: no figure): curves
+    around rp, cross-correlation, r histogram; paths relative to out."""
     folder = atomic.make_dirs(out / "plots", base=out)
     paths: dict[str, str] = {}
     for p in protos:
-        ev = stages_pooled([load_evaluation(out / "runs", jobs[run_name(p, "parity", "ssm", s)]) for s in p.seeds])
+        labels = [run_name(p, "parity", "ssm", s) for s in p.seeds if run_name(p, "parity", "ssm", s) in kept]
+        if not labels:
+            continue
+        ev = stages_pooled([load_evaluation(out / "runs", jobs[label]) for label in labels])
         series = (ev.entropy, ev.halt_logits, ev.result_pos, ev.lengths)
         title = f"SSM parity, {p.name} protocol"
         analysis.plot_aligned_curves(*series, folder / f"curves_{p.name}.png", title=title)

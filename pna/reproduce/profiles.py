@@ -38,7 +38,8 @@ class Profile:
     n_free / n_free_ood: free-generation examples in-distribution / OOD; transfer: pna.transfer.TransferSettings
     fields (the rest keep the original's recipe); transfer_seeds: how many of each protocol's seeds are
     transferred; sweep_*: the sweep grid; workers: default number of training processes; reductions: what this
-    mode changes relative to the full run."""
+    mode changes relative to the full run; exclude_unlearned: leave main runs that did not learn their task
+    (pna.reproduce.learning) out of the headline cells (off only in the smoke test, whose runs learn nothing)."""
 
     name: str
     corrected_seeds: int
@@ -53,6 +54,7 @@ class Profile:
     sweep_seeds: tuple[int, ...]
     workers: int = 1
     reductions: tuple[str, ...] = field(default_factory=tuple)
+    exclude_unlearned: bool = True
 
 
 FULL = Profile(
@@ -94,7 +96,9 @@ TINY = Profile(
         "free generation: 6 in-distribution + 4 OOD examples",
         "transfer: 32 / 8 / 16 arithmetic examples, 1 epoch, first seed only",
         "sweep: alpha {0, 0.5} x beta {0.1}, 1 seed",
+        "runs that did not learn their task are marked but kept in the cells (nothing learns in a smoke test)",
     ),
+    exclude_unlearned=False,
 )
 
 

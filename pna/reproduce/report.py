@@ -41,24 +41,30 @@ def _summary_estimate(summary: dict[str, Any], detail: str = "", **kwargs: Any) 
     return Estimate(_num(summary["mean"]), None if math.isnan(ci[0]) else ci, summary["n"], detail, **kwargs)
 
 
-def _r_estimate(group: dict[str, Any] | None) -> Estimate:
-    """The mean-r cell of a group (pooled over seeds, with its bootstrap CI and n)."""
+def _r_estimate(group: dict[str, Any] | None, excluded: int = 0) -> Estimate:
+    """The mean-r cell of a group (pooled over seeds, with its bootstrap CI and n); excluded: runs of the group
+    left out because they did not learn their task."""
+    left_out = f"{excluded} run{'s' if excluded > 1 else ''} did not learn, left out" if excluded else ""
     if group is None:
-        return Estimate(None)
+        return Estimate(None, missing=f"no run learned its task ({left_out})") if excluded else Estimate(None)
     seeds = group["n_seeds"]
     detail = f"{seeds} seed"
     if seeds > 1:
         detail += "s; per-seed means " + ", ".join(f"{_num(r):.3f}" for r in group["per_seed_r"])
-    return _summary_estimate(group["coupling"], detail)
+    return _summary_estimate(group["coupling"], "; ".join(filter(None, [detail, left_out])))
 
 
 def first_table_cells(
     protocol: Protocol, groups: dict[str, dict[str, Any]], generation: dict[str, dict[str, Any]],
-    transfer: dict[str, list[dict[str, Any]]],
+    transfer: dict[str, list[dict[str, Any]]], excluded: dict[str, int] | None = None,
 ) -> dict[str, Estimate]:
-    """One protocol's column of the first table, keyed like FIRST_TABLE_ROWS."""
-    ssm, tf, sorting = (groups.get(f"{protocol.name}_{t}_{a}") for t, a in MAIN_RUNS)
-    cells = {"ssm_r": _r_estimate(ssm), "transformer_r": _r_estimate(tf), "sorting_r": _r_estimate(sorting)}
+    """One protocol's column of the first table, keyed like FIRST_TABLE_ROWS; excluded: group -> runs left out
+    because they did not learn (their count is shown in the r cells)."""
+    names = [f"{protocol.name}_{t}_{a}" for t, a in MAIN_RUNS]
+    ssm, tf, sorting = (groups.get(name) for name in names)
+    left_out = [(excluded or {}).get(name, 0) for name in names]
+    cells = {row: _r_estimate(group, n) for row, group, n in
+             zip(("ssm_r", "transformer_r", "sorting_r"), (ssm, tf, sorting), left_out)}
     if ssm is not None:
         lag = ssm["lag"]
         cells["lag_tau"] = _summary_estimate(lag, f"{lag['n_censored']} censored; tau < 0: entropy collapses first")
@@ -88,12 +94,14 @@ def first_table_cells(
 def build_report(
     profile: Profile, protos: Sequence[Protocol], settings: dict[str, Any], groups: dict[str, dict[str, Any]],
     generation: dict[str, dict[str, Any]], transfer: dict[str, list[dict[str, Any]]], sweep: SweepResult | None,
-    plots: dict[str, str], runs: dict[str, dict[str, Any]],
+    plots: dict[str, str], runs: dict[str, dict[str, Any]], excluded: dict[str, int] | None = None,
 ) -> MarkdownReport:
     """The Markdown report: the side-by-side table first, then details, sweep, figures and the runs.
 
     settings: alpha, beta, device and skip_sweep of the invocation; plots and sweep heatmaps: paths relative to
-    the output root; runs: label -> the main job's result plus "run_dir" (relative to the output root).
+    the output root; runs: label -> the main job's result plus "run_dir" (relative to the output root) and, where
+    marked (pna.reproduce.learning.mark_runs), "free_generation" and "verdict"; excluded: group -> runs left out
+    of the headline cells because they did not learn.
     """
     report = MarkdownReport("Architectural proprioception: paper vs. faithful reproduction vs. corrected protocol")
     report.paragraph(
@@ -101,7 +109,7 @@ def build_report(
         f"{settings['device']}. Every number below except the 'Paper' column was measured by the runs listed "
         "under 'Runs' (each folder name ends with the hash of the run's whole config); brackets are 95% bootstrap "
         "CIs over examples, n counts examples (pooled over seeds). Stage timings are in timings.json.")
-    cells = {p.name: first_table_cells(p, groups, generation, transfer) for p in protos}
+    cells = {p.name: first_table_cells(p, groups, generation, transfer, excluded) for p in protos}
     rows = [[label, paper_number(key).text, cells["faithful"][key].format(), cells["corrected"][key].format()]
             for key, label in FIRST_TABLE_ROWS]
     report.table(["Quantity", "Paper", "Faithful reproduction", "Corrected protocol"], rows)
@@ -127,12 +135,27 @@ def build_report(
     report.heading("Figures")
     for name, path in sorted(plots.items()):
         report.image(path, name)
-    report.heading("Runs")
-    report.table(["run", "epochs", "token acc", "answer acc", "mean r", "checkpoint"], [
-        [name, r["epochs"], f"{r['token_accuracy']:.3f}", f"{r['answer_accuracy']:.3f}",
-         Estimate(r["coupling"]["mean"]).format(), f"{r['run_dir']}/{r['checkpoint']}"]
-        for name, r in sorted(runs.items())])
+    _runs_table(report, runs, excluded or {})
     return report
+
+
+def _runs_table(report: MarkdownReport, runs: dict[str, dict[str, Any]], excluded: dict[str, int]) -> None:
+    """The runs table: teacher-forced trace and answer accuracy, free generation where measured, and whether the
+    run learned its task (pna.reproduce.learning thresholds)."""
+    report.heading("Runs")
+    n_failed = sum(1 for r in runs.values() if r.get("verdict"))
+    left_out = sum(excluded.values())
+    report.paragraph(
+        f"{len(runs) - n_failed} of {len(runs)} main runs learned their task (parity: trace acc >= 0.99 and "
+        "free-generation answer accuracy >= 0.90 in-distribution; sorting: trace acc >= 0.95); "
+        f"{left_out} run(s) that did not were left out of the headline cells. Trace acc: teacher-forced accuracy "
+        "over the tokens the input determines (trace, answer, HALT, EOS; not the random input tokens).")
+    report.table(["run", "epochs", "trace acc", "answer acc", "free-gen acc", "token acc", "mean r", "learned",
+                  "checkpoint"], [
+        [name, r["epochs"], _fmt(r.get("trace_accuracy"), ".3f"), f"{r['answer_accuracy']:.3f}",
+         _fmt(r.get("free_generation"), ".3f"), f"{r['token_accuracy']:.3f}", Estimate(r["coupling"]["mean"]).format(),
+         r.get("verdict") or "yes", f"{r['run_dir']}/{r['checkpoint']}"]
+        for name, r in sorted(runs.items())])
 
 
 def _fmt(value: float | None, spec: str) -> str:
