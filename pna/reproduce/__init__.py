@@ -26,7 +26,7 @@ import argparse
 import math
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from tqdm import tqdm
@@ -36,12 +36,13 @@ from pna.sweep import job_file, load_evaluation, run_sweep
 from pna.train import TrainConfig
 from pna.transfer import TransferSettings, transfer_job
 
+from .estimate import Estimate, estimate, plan_stages, plan_text, probe_step_seconds
 from .learning import mark_runs, per_run_free_generation
 from .profiles import ARCHS, FULL, MAIN_RUNS, QUICK, TINY, Profile, Protocol, protocols
 from .report import FIRST_TABLE_ROWS, build_report
 from .stages import analyse_group, generation_stage, main_jobs, pooled as stages_pooled, run_name
 
-__all__ = ["FIRST_TABLE_ROWS", "FULL", "QUICK", "TINY", "Profile", "Protocol", "add_arguments", "run"]
+__all__ = ["FIRST_TABLE_ROWS", "FULL", "QUICK", "TINY", "Profile", "Protocol", "add_arguments", "announce", "run"]
 # the field an error names -> the `pna reproduce` flag that sets it
 FLAGS = {"alpha": "--alpha", "beta": "--beta", "device": "--device", "workers": "--workers"}
 
@@ -60,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--beta", type=float, default=0.1, help="halt-BCE weight of the main runs (default 0.1)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--skip-sweep", action="store_true", help="leave the alpha x beta sweep out")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print what would be trained and an estimate of its wall time here (from a short timing "
+                        "probe), then stop")
 
 
 def _plan(args: argparse.Namespace) -> tuple[Profile, int, dict[str, runner.Job]]:
@@ -81,9 +85,26 @@ def _plan(args: argparse.Namespace) -> tuple[Profile, int, dict[str, runner.Job]
     return profile, workers, jobs
 
 
+def announce(args: argparse.Namespace, profile: Profile, workers: int, jobs: dict[str, runner.Job],
+             step_seconds: Callable[[TrainConfig], float] | None = None) -> Estimate:
+    """Print the plan and the estimated wall time (terminal only, never the report); returns the estimate.
+    step_seconds: seconds per training step of a config (default: probe_step_seconds with each worker's share of
+    the CPU threads)."""
+    if step_seconds is None:
+        threads = max(1, torch.get_num_threads() // workers)
+        step_seconds = lambda cfg: probe_step_seconds(cfg, threads=threads)  # noqa: E731
+    planned = plan_stages(profile, jobs, args.device, _skip_sweep(args, profile), _skip_transfer(profile))
+    est = estimate(planned, step_seconds, workers)
+    print(plan_text(planned, est, args.device), flush=True)
+    return est
+
+
 def run(args: argparse.Namespace) -> int:
-    """`pna reproduce`: every stage, then report.md; returns 0."""
+    """`pna reproduce`: every stage, then report.md; returns 0 (with --dry-run: the plan and estimate only)."""
     profile, workers, jobs = _plan(args)
+    est = announce(args, profile, workers, jobs)
+    if args.dry_run:
+        return 0
     out = runner.check_out_dir(args.out, "--out")
     if args.force and out.is_dir():
         atomic.remove_written(out)
@@ -92,11 +113,15 @@ def run(args: argparse.Namespace) -> int:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
-    def lap(stage: str) -> None:
+    overall = tqdm(total=round(est.total_seconds), unit="s", desc="reproduce (estimated seconds of work)",
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]")
+
+    def lap(stage: str, planned: str = "") -> None:
         nonlocal clock
         now = time.perf_counter()
         timings[stage] = now - clock
         clock = now
+        overall.update(round(est.stage_seconds.get(planned, 0.0)))
 
     atomic.make_dirs(out / "runs", base=out)
     labels = list(jobs)
@@ -104,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
                                                 desc="main runs", base=out)))
     runs = {k: {**results[k], "run_dir": f"runs/{jobs[k].dir_name}", "task": jobs[k].config["train"]["task"]}
             for k in labels}
-    lap("main training runs + test evaluation")
+    lap("main training runs + test evaluation", "main runs")
 
     def seeds_of(p: Protocol, task: str, arch: str) -> list[runner.Job]:
         return [jobs[run_name(p, task, arch, s)] for s in p.seeds]
@@ -137,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     lap("analysis")
 
     settings = TransferSettings(**profile.transfer)
-    transfer_jobs = {
+    transfer_jobs = {} if _skip_transfer(profile) else {
         f"{p.name}_{arch}": [transfer_job(f"{p.name}_{arch}_s{s}", checkpoint(src), settings, s, args.device,
                                           source_key=src.key)
                              for s in p.seeds[: profile.transfer_seeds] for src in [jobs[run_name(p, "parity", arch, s)]]]
@@ -148,14 +173,14 @@ def run(args: argparse.Namespace) -> int:
     done = dict(zip((j.key for j in flat), runner.run_jobs(flat, out / "transfer", workers=workers, desc="transfer",
                                                            base=out)))
     transfer = {key: [done[j.key] for j in group] for key, group in transfer_jobs.items()}
-    lap("transfer")
+    lap("transfer", "transfer")
 
     sweep = None
-    if not args.skip_sweep:
+    if not _skip_sweep(args, profile):
         sweep = run_sweep(out / "sweep", profile.sweep_alphas, profile.sweep_betas, profile.sweep_seeds,
                           workers=workers, base=out, train_fields=profile.train["ssm"], n_test=profile.n_test,
                           device=args.device)
-    lap("sweep")
+    lap("sweep", "sweep")
 
     plots = _plots(out, protos, jobs, [k for k, r in runs.items() if not (profile.exclude_unlearned and r['verdict'])])
     lap("plots")
@@ -165,8 +190,19 @@ def run(args: argparse.Namespace) -> int:
     path = atomic.write_text(out / "report.md", report.render())
     atomic.write_json(out / "timings.json", {"seconds": timings, "note": "stages found finished on disk were "
                                              "read back, not rerun"})
+    overall.close()
     print(f"report: {path}")
     return 0
+
+
+def _skip_sweep(args: argparse.Namespace, profile: Profile) -> bool:
+    """Whether the sweep is left out (--skip-sweep, or the profile drops it)."""
+    return args.skip_sweep or "sweep" in profile.dropped
+
+
+def _skip_transfer(profile: Profile) -> bool:
+    """Whether the transfer stage is left out (the profile drops it)."""
+    return "transfer" in profile.dropped
 
 
 def _plots(out: Path, protos: Sequence[Protocol], jobs: dict[str, runner.Job], kept: Sequence[str]) -> dict[str, str]:

@@ -39,7 +39,8 @@ class Profile:
     fields (the rest keep the original's recipe); transfer_seeds: how many of each protocol's seeds are
     transferred; sweep_*: the sweep grid; workers: default number of training processes; reductions: what this
     mode changes relative to the full run; exclude_unlearned: leave main runs that did not learn their task
-    (pna.reproduce.learning) out of the headline cells (off only in the smoke test, whose runs learn nothing)."""
+    (pna.reproduce.learning) out of the headline cells (off only in the smoke test, whose runs learn nothing);
+    dropped: stages ("transfer", "sweep") this mode leaves out, with the reason in reductions."""
 
     name: str
     corrected_seeds: int
@@ -55,6 +56,7 @@ class Profile:
     workers: int = 1
     reductions: tuple[str, ...] = field(default_factory=tuple)
     exclude_unlearned: bool = True
+    dropped: tuple[str, ...] = ()
 
 
 FULL = Profile(

@@ -123,7 +123,7 @@ def build_report(
     _details(report, protos, groups, generation, transfer)
     report.heading("Sweep (corrected protocol, SSM parity)")
     if sweep is None:
-        report.paragraph(NOT_RUN + " (--skip-sweep)")
+        report.paragraph(NOT_RUN + " (--skip-sweep, or this mode dropped it: see above)")
     else:
         header = ["alpha \\ beta"] + [f"{b:g}" for b in sweep.betas]
         report.table(header, [[f"{a:g}"] + [f"r {sweep.mean_r[i, j]:.3f}, acc {sweep.accuracy[i, j]:.2f}"
