@@ -32,7 +32,7 @@ def main_jobs(profile: Profile, alpha: float, beta: float, device: str) -> dict[
     return {
         run_name(p, task, arch, seed): train_eval_job(
             run_name(p, task, arch, seed),
-            {**profile.train[arch], "task": task, "arch": arch, "variant": p.variant(arch), "loss_mode": p.loss_mode,
+            {**profile.train_fields(task, arch), "task": task, "arch": arch, "variant": p.variant(arch), "loss_mode": p.loss_mode,
              "alpha": alpha, "beta": beta, "seed": seed},
             n_test=profile.n_test, device=device)
         for p in protocols(profile) for task, arch in MAIN_RUNS for seed in p.seeds
