@@ -141,9 +141,13 @@ def plan_text(runs: Sequence[PlannedRun], est: Estimate, device: str, extra: Ite
                  "generation and analysis not included): " + ", ".join(
                      f"{stage} {format_duration(s)}" for stage, s in est.stage_seconds.items())
                  + f"; total {format_duration(est.total_seconds)}")
+    hours = est.total_seconds * est.workers / 3600
+    how = "probed seconds per step x each job's step count, summed over jobs"
     if device.startswith("cuda"):
-        lines.append(f"GPU-hours: {est.total_seconds * est.workers / 3600:.2f} (probed step times x step counts, "
-                     "summed over jobs)")
+        lines.append(f"GPU-hours: {hours:.2f} ({how})")
+    else:
+        lines.append(f"{device}-hours: {hours:.2f} ({how}); GPU-hours are measured the same way by running "
+                     "--dry-run on the GPU machine (--device cuda)")
     return "\n".join(lines)
 
 
