@@ -78,3 +78,16 @@ def test_dry_run_prints_plan_and_trains_nothing(tmp_path) -> None:
     assert done.returncode == 0, done.stderr
     assert "plan:" in done.stdout and "probe (s per training step)" in done.stdout and "total" in done.stdout
     assert not out.exists()
+
+
+def test_overall_progress_jumps_to_each_finished_stage() -> None:
+    from pna.reproduce.estimate import Estimate as Planned, OverallProgress
+    bar = OverallProgress(Planned({"main runs": 100.0, "sweep": 50.0}, workers=2, probed={}))
+    assert bar._bar.total == 150
+    bar.start("main runs")
+    bar.finish("main runs")
+    assert bar._bar.n == 100
+    bar.start("sweep")
+    bar.finish("sweep")
+    bar.close()
+    assert bar._bar.n == 150

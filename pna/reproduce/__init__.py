@@ -36,7 +36,7 @@ from pna.sweep import job_file, load_evaluation, run_sweep
 from pna.train import TrainConfig
 from pna.transfer import TransferSettings, transfer_job
 
-from .estimate import Estimate, estimate, plan_stages, plan_text, probe_step_seconds
+from .estimate import Estimate, OverallProgress, estimate, plan_stages, plan_text, probe_step_seconds
 from .learning import mark_runs, per_run_free_generation
 from .profiles import ARCHS, FULL, MAIN_RUNS, QUICK, TINY, Profile, Protocol, protocols
 from .report import FIRST_TABLE_ROWS, build_report
@@ -113,15 +113,18 @@ def run(args: argparse.Namespace) -> int:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
-    overall = tqdm(total=round(est.total_seconds), unit="s", desc="reproduce (estimated seconds of work)",
-                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]")
+    overall = OverallProgress(est)
+    overall.start("main runs")
 
-    def lap(stage: str, planned: str = "") -> None:
+    def lap(stage: str, planned: str = "", following: str = "") -> None:
         nonlocal clock
         now = time.perf_counter()
         timings[stage] = now - clock
         clock = now
-        overall.update(round(est.stage_seconds.get(planned, 0.0)))
+        if planned:
+            overall.finish(planned)
+        if following:
+            overall.start(following)
 
     atomic.make_dirs(out / "runs", base=out)
     labels = list(jobs)
@@ -159,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
             groups[f"{p.name}_{task}_{arch}"] = runner.cached_stage(
                 out / "analysis", f"{p.name}_{task}_{arch}", {"stage": "analysis", "runs": [j.key for j in group]},
                 lambda js=group: analyse_group([load_evaluation(out / "runs", j) for j in js]), base=out)
-    lap("analysis")
+    lap("analysis", following="transfer")
 
     settings = TransferSettings(**profile.transfer)
     transfer_jobs = {} if _skip_transfer(profile) else {
@@ -173,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     done = dict(zip((j.key for j in flat), runner.run_jobs(flat, out / "transfer", workers=workers, desc="transfer",
                                                            base=out)))
     transfer = {key: [done[j.key] for j in group] for key, group in transfer_jobs.items()}
-    lap("transfer", "transfer")
+    lap("transfer", "transfer", following="sweep")
 
     sweep = None
     if not _skip_sweep(args, profile):

@@ -186,3 +186,51 @@ def plan_stages(profile: Any, jobs: dict[str, Any], device: str, skip_sweep: boo
                                                   train_fields=profile.train["ssm"], n_test=profile.n_test,
                                                   device=device)}, device)
     return runs
+
+
+class OverallProgress:
+    """One progress bar over the whole invocation, in estimated seconds of work: inside a stage it advances with
+    the clock (never past that stage's estimate), and at each stage's end it jumps to the stages done so far, so
+    its ETA is the estimate's remainder, corrected as stages finish. A daemon thread refreshes it every second."""
+
+    def __init__(self, est: Estimate, desc: str = "reproduce (estimated seconds of work)") -> None:
+        import threading
+
+        from tqdm import tqdm
+
+        self._est = est
+        self._done = 0.0  # estimated seconds of the stages finished
+        self._stage = ""
+        self._start = time.perf_counter()
+        self._bar = tqdm(total=max(1, round(est.total_seconds)), unit="s", desc=desc,
+                         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]")
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._tick, daemon=True, name="overall-progress")
+        self._thread.start()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(1.0):
+            with self._lock:
+                budget = self._est.stage_seconds.get(self._stage, 0.0)
+                position = self._done + min(time.perf_counter() - self._start, 0.99 * budget)
+                self._bar.n = min(self._bar.total, round(position))
+                self._bar.refresh()
+
+    def start(self, stage: str) -> None:
+        """A planned stage (a key of the estimate's stage_seconds) begins."""
+        with self._lock:
+            self._stage, self._start = stage, time.perf_counter()
+
+    def finish(self, stage: str) -> None:
+        """A planned stage ends: the bar jumps to the end of it."""
+        with self._lock:
+            self._done += self._est.stage_seconds.get(stage, 0.0)
+            self._stage = ""
+            self._bar.n = min(self._bar.total, round(self._done))
+            self._bar.refresh()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._bar.close()
