@@ -15,7 +15,11 @@ report.md, plots/*.png, timings.json and the JSON of every stage, each keyed by 
 --force deletes only the files earlier invocations wrote (listed in their manifests) and starts over.
 
 Modes: the default is sized for one GPU (paper sizes, 5 seeds); --quick for a 2-core CPU in under 15 minutes;
---tiny for a smoke test (a minute or two). The report lists exactly what a reduced mode changed.
+--tiny for a smoke test (a minute or two). The report lists exactly what a reduced mode changed (and which
+stages it dropped). Before training, the plan and an estimate of its wall time here (from a timing probe of each
+model kind, pna.reproduce.estimate) are printed, with the device-hours (GPU-hours on a GPU) it needs; --dry-run
+stops there. A main run that did not learn its task (pna.reproduce.learning) is marked in the runs table and left
+out of the headline cells.
 
 Layout: profiles.py (modes and protocols), stages.py (the stages' computations), report.py (the report's
 content); this module runs them in order.
