@@ -82,7 +82,7 @@ def test_dry_run_prints_plan_and_trains_nothing(tmp_path) -> None:
 
 def test_overall_progress_jumps_to_each_finished_stage() -> None:
     from pna.reproduce.estimate import Estimate as Planned, OverallProgress
-    bar = OverallProgress(Planned({"main runs": 100.0, "sweep": 50.0}, workers=2, probed={}))
+    bar = OverallProgress(Planned({"main runs": 100.0, "sweep": 50.0}, workers=2, probed={}), disable=False)
     assert bar._bar.total == 150
     bar.start("main runs")
     bar.finish("main runs")

@@ -193,7 +193,9 @@ class OverallProgress:
     the clock (never past that stage's estimate), and at each stage's end it jumps to the stages done so far, so
     its ETA is the estimate's remainder, corrected as stages finish. A daemon thread refreshes it every second."""
 
-    def __init__(self, est: Estimate, desc: str = "reproduce (estimated seconds of work)") -> None:
+    def __init__(self, est: Estimate, desc: str = "reproduce (estimated seconds of work)",
+                 disable: bool | None = None) -> None:
+        """disable: None shows the bar only where stderr is a terminal (tqdm's rule)."""
         import threading
 
         from tqdm import tqdm
@@ -202,7 +204,7 @@ class OverallProgress:
         self._done = 0.0  # estimated seconds of the stages finished
         self._stage = ""
         self._start = time.perf_counter()
-        self._bar = tqdm(total=max(1, round(est.total_seconds)), unit="s", desc=desc,
+        self._bar = tqdm(total=max(1, round(est.total_seconds)), unit="s", desc=desc, disable=disable,
                          bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]")
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -214,8 +216,9 @@ class OverallProgress:
             with self._lock:
                 budget = self._est.stage_seconds.get(self._stage, 0.0)
                 position = self._done + min(time.perf_counter() - self._start, 0.99 * budget)
-                self._bar.n = min(self._bar.total, round(position))
-                self._bar.refresh()
+                if not self._bar.disable:
+                    self._bar.n = min(self._bar.total, round(position))
+                    self._bar.refresh()
 
     def start(self, stage: str) -> None:
         """A planned stage (a key of the estimate's stage_seconds) begins."""
@@ -227,8 +230,9 @@ class OverallProgress:
         with self._lock:
             self._done += self._est.stage_seconds.get(stage, 0.0)
             self._stage = ""
-            self._bar.n = min(self._bar.total, round(self._done))
-            self._bar.refresh()
+            if not self._bar.disable:
+                self._bar.n = min(self._bar.total, round(self._done))
+                self._bar.refresh()
 
     def close(self) -> None:
         self._stop.set()
