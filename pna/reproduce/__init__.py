@@ -98,8 +98,11 @@ def announce(args: argparse.Namespace, profile: Profile, workers: int, jobs: dic
         threads = max(1, torch.get_num_threads() // workers)
         step_seconds = lambda cfg: probe_step_seconds(cfg, threads=threads)  # noqa: E731
     planned = plan_stages(profile, jobs, args.device, _skip_sweep(args, profile), _skip_transfer(profile))
+    done = {k for k, job in jobs.items() if runner.finished_result(Path(args.out) / "runs" / job.dir_name, job)}
+    planned = [r for r in planned if not (r.stage == "main runs" and r.label in done)]
     est = estimate(planned, step_seconds, workers)
-    print(plan_text(planned, est, args.device), flush=True)
+    extra = [f"{len(done)} main run(s) already finished in --out are read back, not trained"] if done else []
+    print(plan_text(planned, est, args.device, extra), flush=True)
     return est
 
 
