@@ -36,6 +36,8 @@ class Evaluation:
     lengths (N,) int: non-PAD tokens per example; result_pos (N,) int: index of "Result:" (rp);
     eos_pos (N,) int: index of the EOS token; halt_pos (N,) int: index of the HALT token.
     token_correct (N,) int and token_count (N,) int: teacher-forced next-token hits and scored targets;
+    trace_correct (N,) int and trace_count (N,) int: the same over the targets the input determines (the trace,
+    "Result:", the answer, HALT, EOS; not the random input tokens; pna.masks.TargetMasks.trace);
     answer_correct (N,) bool: every answer token (after "Result:", before HALT) predicted correctly.
     first_answer_correct (N,) bool: the first answer token, predicted at rp, is right (the original's
     teacher-forced accuracy).
@@ -54,6 +56,8 @@ class Evaluation:
     halt_pos: np.ndarray
     token_correct: np.ndarray
     token_count: np.ndarray
+    trace_correct: np.ndarray
+    trace_count: np.ndarray
     answer_correct: np.ndarray
     first_answer_correct: np.ndarray
     channel_mean_entropy: np.ndarray
@@ -82,6 +86,11 @@ class Evaluation:
     def token_accuracy(self) -> float:
         """Teacher-forced next-token accuracy over all scored targets."""
         return float(self.token_correct.sum() / max(1, self.token_count.sum()))
+
+    @property
+    def trace_accuracy(self) -> float:
+        """Teacher-forced accuracy over the targets the input determines ("trace acc"), pooled over examples."""
+        return float(self.trace_correct.sum() / max(1, self.trace_count.sum()))
 
     @property
     def answer_accuracy(self) -> float:
@@ -161,6 +170,8 @@ def evaluate(
         parts["halt_pos"].append(halt_pos.cpu().numpy())
         parts["token_correct"].append(hit.sum(dim=1).cpu().numpy())
         parts["token_count"].append(scored.sum(dim=1).cpu().numpy())
+        parts["trace_correct"].append((hit & masks.trace).sum(dim=1).cpu().numpy())
+        parts["trace_count"].append(masks.trace.sum(dim=1).cpu().numpy())
         parts["answer_correct"].append(answer_ok.cpu().numpy())
         first_hit = hit.gather(1, rp.clamp(max=ids.shape[1] - 1).unsqueeze(1)).squeeze(1)
         parts["first_answer_correct"].append(first_hit.cpu().numpy())

@@ -53,7 +53,7 @@ def train_and_evaluate(config: dict[str, Any], run_dir: Path, options: dict[str,
     data_protocol, in its layout), save the arrays.
 
     Returns checkpoint and evaluation (paths relative to run_dir), the best validation metrics, teacher-forced
-    token and answer accuracy and the coupling summary (mean r, CI, n) of the test evaluation.
+    token, trace and answer accuracy and the coupling summary (mean r, CI, n) of the test evaluation.
     """
     train_dir = atomic.make_dirs(run_dir / "train", base=run_dir)
     cfg = TrainConfig(**config["train"], out_dir=str(train_dir), device=options.get("device", "auto"),
@@ -72,6 +72,7 @@ def train_and_evaluate(config: dict[str, Any], run_dir: Path, options: dict[str,
         "epochs": len(trained.history),
         "best_val": trained.best_val,
         "token_accuracy": evaluation.token_accuracy,
+        "trace_accuracy": evaluation.trace_accuracy,
         "answer_accuracy": evaluation.answer_accuracy,
         "coupling": summary.to_dict(),
     }

@@ -110,6 +110,12 @@ def test_teacher_forced_accuracy_counts_answers() -> None:
     assert not wrong.answer_correct.any() and wrong.token_accuracy < 1.0
     assert right.first_answer_correct.all() and not wrong.first_answer_correct.any()
     assert (right.first_answer_accuracy, wrong.first_answer_accuracy) == (1.0, 0.0)
+    assert right.trace_accuracy == 1.0 and wrong.trace_accuracy < 1.0
+    # the trace targets: from the space ending the input to EOS (lengths - 1 targets, of which the ones up to and
+    # including that space are the BOS-"Input:"-bits prefix)
+    starts = [ex.ids.index(TOKENIZER.encode(" ")[0]) for ex in examples]
+    np.testing.assert_array_equal(right.trace_count, [len(ex.ids) - 1 - s for ex, s in zip(examples, starts)])
+    np.testing.assert_array_equal(wrong.trace_count - wrong.trace_correct, 1)  # only the wrong answer token
 
 
 def test_faithful_layout_teacher_forced_first_answer_and_channel_mean_entropy() -> None:
@@ -241,3 +247,17 @@ def test_faithful_summary_and_both_definitions_of_one_evaluation() -> None:
         faithful_summary(evaluate(PerfectModel(examples), examples, max_len=64, protocol="faithful"), kept)
     with pytest.raises(ValueError, match="^indices:"):
         ev.subset([len(examples)])
+
+
+@pytest.mark.parametrize("protocol", ["corrected", "faithful"])
+@pytest.mark.parametrize("task", ["parity", "sorting", "arithmetic"])
+def test_trace_starts_at_the_space_that_ends_the_input(task, protocol) -> None:
+    """The trace mask skips every input token, also the spaces inside the original's "Input:D B F" sorting."""
+    from pna.masks import trace_start
+    for ex in make_split(task, "test", n=5, protocol=protocol):
+        start = int(trace_start(torch.tensor([ex.ids]))[0])
+        input_text = ex.text.split("Input:")[1]
+        first_step = next(i for i, ch in enumerate(input_text) if ch in "=<>")
+        want = input_text[:first_step].rsplit(" ", 1)[0]  # the input, up to the space before the first step
+        assert TOKENIZER.decode(ex.ids[:start]) == "<BOS>Input:" + want, ex.text
+        assert ex.ids[start] == TOKENIZER.encode(" ")[0]

@@ -4,7 +4,7 @@ same bytes as an uninterrupted one (timings go to timings.json, not into the rep
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -44,15 +44,27 @@ def _summary_estimate(summary: dict[str, Any], detail: str = "", **kwargs: Any) 
     return Estimate(_num(summary["mean"]), None if math.isnan(ci[0]) else ci, summary["n"], detail, **kwargs)
 
 
-def _r_estimate(group: dict[str, Any] | None) -> Estimate:
-    """The mean-r cell of a group (pooled over seeds, with its bootstrap CI and n)."""
+def _left_out(excluded: int) -> str:
+    """The note of a cell whose group lost `excluded` runs that did not learn their task ("" for none)."""
+    return f"{excluded} run{'s' if excluded > 1 else ''} did not learn, left out" if excluded else ""
+
+
+def _none_learned(excluded: int) -> Estimate:
+    """The cell of a group none of whose runs were kept: why (no run learned) or, with nothing excluded, not run."""
+    return Estimate(None, missing=f"no run learned its task ({_left_out(excluded)})") if excluded else Estimate(None)
+
+
+def _r_estimate(group: dict[str, Any] | None, excluded: int = 0) -> Estimate:
+    """The mean-r cell of a group (pooled over seeds, with its bootstrap CI and n); excluded: runs of the group
+    left out because they did not learn their task."""
+    left_out = _left_out(excluded)
     if group is None:
-        return Estimate(None)
+        return _none_learned(excluded)
     seeds = group["n_seeds"]
     detail = f"{seeds} seed"
     if seeds > 1:
         detail += "s; per-seed means " + ", ".join(f"{_num(r):.3f}" for r in group["per_seed_r"])
-    return _summary_estimate(group["coupling"], detail)
+    return _summary_estimate(group["coupling"], "; ".join(filter(None, [detail, left_out])))
 
 
 @dataclass(frozen=True)
@@ -64,7 +76,9 @@ class ReportInputs:
     stages.side_by_side_stage of the corrected SSM parity runs; generation: "corrected_<arch>" ->
     stages.generation_stage, "faithful_<group>" -> stages.faithful_generation_stage; transfer: "<protocol>_<arch>"
     -> transfer job results; sweep: None with --skip-sweep; plots: name -> path relative to the output root;
-    runs: label -> the main job's result plus "run_dir" (relative to the output root)."""
+    runs: label -> the main job's result plus "run_dir" (relative to the output root) and, where marked
+    (pna.reproduce.learning.mark_runs), "free_generation" and "verdict"; excluded: group ("corrected_<task>_<arch>"
+    or "faithful_<group>") -> its runs left out of the headline cells because they did not learn."""
 
     groups: dict[str, dict[str, Any]]
     faithful: dict[str, dict[str, Any]]
@@ -74,6 +88,7 @@ class ReportInputs:
     sweep: SweepResult | None
     plots: dict[str, str]
     runs: dict[str, dict[str, Any]]
+    excluded: dict[str, int] = field(default_factory=dict)
 
 
 def _transfer_cells(protocol: Protocol, transfer: dict[str, list[dict[str, Any]]]) -> dict[str, Estimate]:
@@ -98,9 +113,10 @@ def _transfer_cells(protocol: Protocol, transfer: dict[str, list[dict[str, Any]]
 
 def corrected_cells(protocol: Protocol, inputs: ReportInputs) -> dict[str, Estimate]:
     """The corrected protocol's column of the first table, keyed like FIRST_TABLE_ROWS."""
-    groups = inputs.groups
-    ssm, tf, sorting = (groups.get(f"{protocol.name}_{t}_{a}") for t, a in MAIN_RUNS)
-    cells = {"ssm_r": _r_estimate(ssm), "transformer_r": _r_estimate(tf), "sorting_r": _r_estimate(sorting)}
+    names = [f"{protocol.name}_{t}_{a}" for t, a in MAIN_RUNS]
+    ssm, tf, sorting = (inputs.groups.get(name) for name in names)
+    cells = {row: _r_estimate(group, inputs.excluded.get(name, 0))
+             for row, group, name in zip(("ssm_r", "transformer_r", "sorting_r"), (ssm, tf, sorting), names)}
     if ssm is not None:
         lag = ssm["lag"]
         cells["lag_tau"] = _summary_estimate(lag, f"{lag['n_censored']} censored; tau < 0: the halt signal leads")
@@ -138,24 +154,32 @@ def faithful_cells(protocol: Protocol, inputs: ReportInputs) -> dict[str, Estima
     """The faithful protocol's column of the first table, every cell computed with the original's definitions
     (see ReportInputs and pna.paper's notes), keyed like FIRST_TABLE_ROWS."""
     cells: dict[str, Estimate] = {}
+    out = {name: inputs.excluded.get(f"faithful_{name}", 0) for name in ("E_ssm", "E_sort", "A")}
     head = inputs.faithful.get("E_ssm")
-    if head is not None:
-        first = head["per_seed"][0]
-        cells["ssm_r"] = _seed_estimate(head["r"], first["n_analysed"])
+    if head is None:
+        for key in ("ssm_r", "lag_tau", "teacher_forced_accuracy"):
+            cells[key] = _none_learned(out["E_ssm"])
+    else:
+        first, left_out = head["per_seed"][0], _left_out(out["E_ssm"])
+        cells["ssm_r"] = _seed_estimate(head["r"], first["n_analysed"], left_out)
         sc, hr, n = _default_counts(head)
-        cells["lag_tau"] = _seed_estimate(head["tau"], first["n_analysed"],
-                                          f"sc = L in {sc} of {n} examples, hr = L in {hr} (see the headline cell)")
+        cells["lag_tau"] = _seed_estimate(head["tau"], first["n_analysed"], "; ".join(filter(None, [
+            f"sc = L in {sc} of {n} examples, hr = L in {hr} (see the headline cell)", left_out])))
         acc = [s["first_answer_accuracy"] for s in head["per_seed"]]
         cells["teacher_forced_accuracy"] = Estimate(
             float(np.mean(acc)), (min(acc), max(acc)) if len(acc) > 1 else None, first["n_split"],
-            f"first answer token at rp, mixed split; E_ssm, mean of {len(acc)} seeds, brackets: their min..max",
-            scale=100, digits=1)
+            "; ".join(filter(None, [f"first answer token at rp, mixed split; E_ssm, mean of {len(acc)} seeds, "
+                                    "brackets: their min..max", left_out])), scale=100, digits=1)
     sort = inputs.faithful.get("E_sort")
-    if sort is not None:
+    if sort is None:
+        cells["sorting_r"] = _none_learned(out["E_sort"])
+    else:
         r = sort["per_seed"][0]["r"]
         cells["sorting_r"] = Estimate(_num(r["mean"]), None, r["n_valid"], "E_sort, 1 seed")
     probe = inputs.faithful.get("A")
-    if probe is not None:
+    if probe is None:
+        cells["transformer_r"] = _none_learned(out["A"])
+    else:
         cells["transformer_r"] = Estimate(
             _num(probe["mean"]), None, probe["n_valid"],
             f"Phase-8 probe statistic of the CE-only Transformer A, 1 seed; probe accuracy {probe['probe_accuracy']:.2f}")
@@ -187,10 +211,14 @@ def build_report(profile: Profile, protos: Sequence[Protocol], settings: dict[st
         "timings are in timings.json.")
     faithful, corrected = protos
     cells = {"faithful": faithful_cells(faithful, inputs), "corrected": corrected_cells(corrected, inputs)}
+    if "transfer" in profile.dropped:  # no number from a model that did not run
+        dropped = Estimate(None, missing=f"dropped in {profile.name} mode (see 'What the {profile.name} mode reduced')")
+        for column in cells.values():
+            column.update({key: dropped for key, _ in FIRST_TABLE_ROWS if key.startswith("transfer_")})
     rows = [[label, paper_number(key).text, cells["faithful"][key].format(), cells["corrected"][key].format()]
             for key, label in FIRST_TABLE_ROWS]
     report.table(["Quantity", "Paper", "Faithful reproduction", "Corrected protocol"], rows)
-    _headline(report, inputs.faithful.get("E_ssm"))
+    _headline(report, inputs.faithful.get("E_ssm"), inputs.excluded.get("faithful_E_ssm", 0))
     _definitions(report, inputs.side_by_side)
     report.heading("Protocols")
     report.bullets([f"**{p.name}**: {p.description}" for p in protos])
@@ -207,7 +235,7 @@ def build_report(profile: Profile, protos: Sequence[Protocol], settings: dict[st
     report.heading("Sweep (corrected protocol, SSM parity)")
     sweep = inputs.sweep
     if sweep is None:
-        report.paragraph(NOT_RUN + " (--skip-sweep)")
+        report.paragraph(NOT_RUN + " (--skip-sweep, or this mode dropped it: see above)")
     else:
         header = ["alpha \\ beta"] + [f"{b:g}" for b in sweep.betas]
         report.table(header, [[f"{a:g}"] + [f"r {sweep.mean_r[i, j]:.3f}, acc {sweep.accuracy[i, j]:.2f}"
@@ -221,11 +249,7 @@ def build_report(profile: Profile, protos: Sequence[Protocol], settings: dict[st
                      "channel-mean state), the corrected ones the whole state's (nats).")
     for name, path in sorted(inputs.plots.items()):
         report.image(path, name)
-    report.heading("Runs")
-    report.table(["run", "epochs", "token acc", "answer acc", "mean r (corrected definition)", "checkpoint"], [
-        [name, r["epochs"], f"{r['token_accuracy']:.3f}", f"{r['answer_accuracy']:.3f}",
-         Estimate(r["coupling"]["mean"]).format(), f"{r['run_dir']}/{r['checkpoint']}"]
-        for name, r in sorted(inputs.runs.items())])
+    _runs_table(report, inputs.runs, inputs.excluded)
     return report
 
 
@@ -238,15 +262,18 @@ def _described(dist: dict[str, Any] | None, digits: int) -> list[str]:
             f"{dist['min']:.{digits}f} .. {dist['max']:.{digits}f}"]
 
 
-def _headline(report: MarkdownReport, cell: dict[str, Any] | None) -> None:
+def _headline(report: MarkdownReport, cell: dict[str, Any] | None, excluded: int = 0) -> None:
     """The headline cell E_ssm: each seed's faithful r and tau with the examples at each L default, their
-    distribution, and the original's own spread of gradient-identical runs beside it."""
+    distribution, and the original's own spread of gradient-identical runs beside it; excluded: seeds left out
+    because they did not learn their task."""
     report.heading("Headline cell E_ssm (alpha 0, beta 0.1, gamma 0) over seeds, beside the original's spread")
     if cell is None:
-        report.paragraph(NOT_RUN)
+        report.paragraph(_none_learned(excluded).format())
         return
+    if excluded:
+        report.paragraph(f"Seeds that learned their task only: {_left_out(excluded)} (see 'Runs').")
     rows = []
-    for seed, s in enumerate(cell["per_seed"]):
+    for seed, s in zip(cell.get("seeds", range(len(cell["per_seed"]))), cell["per_seed"]):
         t, x = s["tau"], s["xcorr"]
         rows.append([f"seed {seed}", _fmt(s["r"]["mean"], ".3f"), _fmt(t["mean"], ".2f"), s["n_analysed"],
                      f"{t['n_sc_default']} / {s['n']}", f"{t['n_hr_default']} / {s['n']}",
@@ -292,6 +319,23 @@ def _definitions(report: MarkdownReport, both: dict[str, Any]) -> None:
     report.paragraph("Same models, same test examples (the corrected pure-parity split), two definitions: the "
                      "difference between the columns is definition, not training. Both lags use tau = t_halt - "
                      "t_collapse (negative: the halt signal leads).")
+def _runs_table(report: MarkdownReport, runs: dict[str, dict[str, Any]], excluded: dict[str, int]) -> None:
+    """The runs table: teacher-forced trace and answer accuracy, free generation where measured, and whether the
+    run learned its task (pna.reproduce.learning thresholds)."""
+    report.heading("Runs")
+    n_failed = sum(1 for r in runs.values() if r.get("verdict"))
+    left_out = sum(excluded.values())
+    report.paragraph(
+        f"{len(runs) - n_failed} of {len(runs)} main runs learned their task (parity: trace acc >= 0.99 and "
+        "free-generation answer accuracy >= 0.90 in-distribution; sorting: trace acc >= 0.95); "
+        f"{left_out} run(s) that did not were left out of the headline cells. Trace acc: teacher-forced accuracy "
+        "over the tokens the input determines (trace, answer, HALT, EOS; not the random input tokens).")
+    report.table(["run", "epochs", "trace acc", "answer acc", "free-gen acc", "token acc", "mean r (corrected definition)", "learned",
+                  "checkpoint"], [
+        [name, r["epochs"], _fmt(r.get("trace_accuracy"), ".3f"), f"{r['answer_accuracy']:.3f}",
+         _fmt(r.get("free_generation"), ".3f"), f"{r['token_accuracy']:.3f}", Estimate(r["coupling"]["mean"]).format(),
+         r.get("verdict") or "yes", f"{r['run_dir']}/{r['checkpoint']}"]
+        for name, r in sorted(runs.items())])
 
 
 def _fmt(value: float | None, spec: str) -> str:

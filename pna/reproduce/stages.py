@@ -18,7 +18,8 @@ from pna.tasks import make_split
 from pna.tasks.original import original_generation_examples
 from pna.train import TrainConfig, load_checkpoint
 
-from .profiles import FAITHFUL_GROUPS, MAIN_RUNS, OriginalGroup, Profile, Protocol, protocols
+from .profiles import (ARCHS, FAITHFUL_GROUPS, MAIN_RUNS, TRANSFER_MODELS, OriginalGroup, Profile, Protocol,
+                       protocols)
 
 PARITY_MAX_LEN = 64
 # The original generated up to 256 positions (its models' max_seq_len).
@@ -43,7 +44,7 @@ def main_jobs(profile: Profile, alpha: float, beta: float, device: str) -> dict[
     jobs = {
         run_name(corrected, task, arch, seed): train_eval_job(
             run_name(corrected, task, arch, seed),
-            {**profile.train[arch], "task": task, "arch": arch, "variant": corrected.variant(arch),
+            {**profile.train_fields(task, arch), "task": task, "arch": arch, "variant": corrected.variant(arch),
              "loss_mode": corrected.loss_mode, "alpha": alpha, "beta": beta, "seed": seed},
             n_test=profile.n_test, device=device)
         for task, arch in MAIN_RUNS for seed in corrected.seeds
@@ -52,11 +53,26 @@ def main_jobs(profile: Profile, alpha: float, beta: float, device: str) -> dict[
         for seed in group.seeds(profile):
             jobs[faithful_run_name(group, seed)] = train_eval_job(
                 faithful_run_name(group, seed),
-                {**profile.train[group.arch], "task": group.task, "arch": group.arch, "variant": "faithful",
+                {**profile.train_fields(group.task, group.arch), "task": group.task, "arch": group.arch,
+                 "variant": "faithful",
                  "loss_mode": "faithful", "data_protocol": "faithful", "bf16": False, "alpha": group.alpha,
                  "beta": group.beta, "gamma": 0.0, "seed": seed},
                 n_test=profile.n_test, device=device)
     return jobs
+
+
+def transfer_sources(profile: Profile, jobs: dict[str, runner.Job]) -> dict[str, list[tuple[str, runner.Job, int]]]:
+    """The parity main runs each transfer cell fine-tunes, as (transfer label, source main job, seed) per cell:
+    "corrected_<arch>": the first profile.transfer_seeds corrected seeds; "faithful_<arch>": the first
+    TRANSFER_MODELS seeds of E_ssm / E_trans (the original's two models per architecture). jobs: main_jobs."""
+    corrected = protocols(profile)[1]
+    by_name = {g.name: g for g in FAITHFUL_GROUPS}
+    sources = {f"corrected_{arch}": [(f"corrected_{arch}_s{s}", jobs[run_name(corrected, "parity", arch, s)], s)
+                                     for s in corrected.seeds[: profile.transfer_seeds]] for arch in ARCHS}
+    for arch, name in zip(ARCHS, ("E_ssm", "E_trans")):
+        labels = [(faithful_run_name(by_name[name], s), s) for s in by_name[name].seeds(profile)[:TRANSFER_MODELS]]
+        sources[f"faithful_{arch}"] = [(label, jobs[label], s) for label, s in labels]
+    return sources
 
 
 def job_test_split(job: runner.Job) -> list:
@@ -64,18 +80,21 @@ def job_test_split(job: runner.Job) -> list:
     return TrainConfig(**job.config["train"]).split("test", job.config["n_test"])
 
 
-def faithful_cell(evaluations: Sequence[Evaluation], analysed: Sequence[int] | None) -> dict[str, Any]:
+def faithful_cell(evaluations: Sequence[Evaluation], analysed: Sequence[int] | None,
+                  seeds: Sequence[int] | None = None) -> dict[str, Any]:
     """The faithful statistics of one group of SSM runs (one evaluation per seed, protocol "faithful"):
     pna.evaluate.faithful_summary of each seed over `analysed` (None: every example; the parity cell:
     pna.tasks.first_answer_in of the mixed test split), and the seeds' mean r and mean tau as distributions
-    (pna.analysis.seed_distribution; None where no seed gave a number)."""
+    (pna.analysis.seed_distribution; None where no seed gave a number). seeds: the evaluations' seeds (None:
+    0, 1, ...), kept as "seeds" (the runs that did not learn are left out before this)."""
     per_seed = [faithful_summary(ev, range(ev.n) if analysed is None else analysed) for ev in evaluations]
 
     def distribution(name: str) -> dict[str, Any] | None:
         values = [s[name]["mean"] for s in per_seed if s[name]["mean"] is not None]
         return analysis.seed_distribution(values) if values else None
 
-    return {"per_seed": per_seed, "r": distribution("r"), "tau": distribution("tau")}
+    return {"per_seed": per_seed, "seeds": list(range(len(per_seed)) if seeds is None else seeds),
+            "r": distribution("r"), "tau": distribution("tau")}
 
 
 def phase8_stage(checkpoint: str | Path, train_job: runner.Job, device: str) -> dict[str, Any]:
