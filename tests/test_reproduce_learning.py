@@ -8,8 +8,8 @@ import pytest
 
 from pna.report import MarkdownReport
 from pna.reproduce.learning import learning_verdict, mark_runs, per_run_free_generation
-from pna.reproduce.profiles import QUICK, protocols
-from pna.reproduce.report import ReportInputs, _runs_table, corrected_cells
+from pna.reproduce.profiles import QUICK, TINY, protocols
+from pna.reproduce.report import ReportInputs, _runs_table, corrected_cells, dropped_cells, faithful_cells
 from pna.reproduce.stages import run_name
 
 
@@ -71,3 +71,30 @@ def test_headline_cells_show_how_many_runs_were_left_out() -> None:
     assert "1 run did not learn, left out" in cells["ssm_r"].format() and "n=50" in cells["ssm_r"].format()
     assert cells["sorting_r"].format() == "no run learned its task (2 runs did not learn, left out)"
     assert "did not learn" not in cells["transformer_r"].format()
+
+
+def _inputs(faithful: dict, excluded: dict) -> ReportInputs:
+    return ReportInputs(groups={}, faithful=faithful, side_by_side={}, generation={}, transfer={}, sweep=None,
+                        plots={}, runs={}, excluded=excluded)
+
+
+def test_faithful_cells_count_the_seeds_that_did_not_learn() -> None:
+    faithful, _ = protocols(QUICK)
+    seed = {"n_analysed": 40, "n_split": 50, "n": 40, "first_answer_accuracy": 0.9,
+            "tau": {"mean": -1.0, "n_sc_default": 1, "n_hr_default": 2}}
+    dist = {"mean": -0.5, "min": -0.6, "max": -0.4, "sd": 0.1, "n": 2, "values": [-0.6, -0.4]}
+    head = {"per_seed": [seed, seed], "seeds": [0, 2], "r": dist, "tau": dist}
+    cells = faithful_cells(faithful, _inputs({"E_ssm": head}, {"faithful_E_ssm": 1, "faithful_E_sort": 1}))
+    assert "mean of 2 seeds" in cells["ssm_r"].format() and "1 run did not learn, left out" in cells["ssm_r"].format()
+    assert "1 run did not learn, left out" in cells["lag_tau"].format()
+    assert cells["sorting_r"].format() == "no run learned its task (1 run did not learn, left out)"
+    empty = faithful_cells(faithful, _inputs({}, {"faithful_E_ssm": 3}))
+    assert empty["ssm_r"].format() == "no run learned its task (3 runs did not learn, left out)"
+
+
+@pytest.mark.parametrize("profile, dropped", [(QUICK, True), (TINY, False)], ids=["quick-drops", "tiny-runs"])
+def test_transfer_rows_say_when_the_mode_dropped_them(profile, dropped) -> None:
+    cells = dropped_cells(profile)
+    assert bool(cells) == dropped
+    for key, cell in cells.items():
+        assert key.startswith("transfer_") and cell.value is None and "dropped in quick mode" in cell.format()

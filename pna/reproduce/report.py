@@ -194,6 +194,15 @@ def faithful_cells(protocol: Protocol, inputs: ReportInputs) -> dict[str, Estima
     return {key: cells.get(key, Estimate(None)) for key, _ in FIRST_TABLE_ROWS}
 
 
+def dropped_cells(profile: Profile) -> dict[str, Estimate]:
+    """The first-table cells of the stages the profile drops (the transfer rows when it drops "transfer"), saying
+    so in both columns: no number from a model that did not run; the reason is in the mode's reductions."""
+    if "transfer" not in profile.dropped:
+        return {}
+    dropped = Estimate(None, missing=f"dropped in {profile.name} mode (see 'What the {profile.name} mode reduced')")
+    return {key: dropped for key, _ in FIRST_TABLE_ROWS if key.startswith("transfer_")}
+
+
 def build_report(profile: Profile, protos: Sequence[Protocol], settings: dict[str, Any],
                  inputs: ReportInputs) -> MarkdownReport:
     """The Markdown report: the side-by-side table first, then the headline cell over seeds beside the original's
@@ -211,10 +220,8 @@ def build_report(profile: Profile, protos: Sequence[Protocol], settings: dict[st
         "timings are in timings.json.")
     faithful, corrected = protos
     cells = {"faithful": faithful_cells(faithful, inputs), "corrected": corrected_cells(corrected, inputs)}
-    if "transfer" in profile.dropped:  # no number from a model that did not run
-        dropped = Estimate(None, missing=f"dropped in {profile.name} mode (see 'What the {profile.name} mode reduced')")
-        for column in cells.values():
-            column.update({key: dropped for key, _ in FIRST_TABLE_ROWS if key.startswith("transfer_")})
+    for column in cells.values():
+        column.update(dropped_cells(profile))
     rows = [[label, paper_number(key).text, cells["faithful"][key].format(), cells["corrected"][key].format()]
             for key, label in FIRST_TABLE_ROWS]
     report.table(["Quantity", "Paper", "Faithful reproduction", "Corrected protocol"], rows)
