@@ -71,6 +71,8 @@ def test_headline_cells_show_how_many_runs_were_left_out() -> None:
     assert "1 run did not learn, left out" in cells["ssm_r"].format() and "n=50" in cells["ssm_r"].format()
     assert cells["sorting_r"].format() == "no run learned its task (2 runs did not learn, left out)"
     assert "did not learn" not in cells["transformer_r"].format()
+    none_kept = corrected_cells(corrected, _inputs({}, {"corrected_parity_ssm": 2}))
+    assert none_kept["lag_tau"].format() == "no run learned its task (2 runs did not learn, left out)"
 
 
 def _inputs(faithful: dict, excluded: dict) -> ReportInputs:

@@ -117,7 +117,9 @@ def corrected_cells(protocol: Protocol, inputs: ReportInputs) -> dict[str, Estim
     ssm, tf, sorting = (inputs.groups.get(name) for name in names)
     cells = {row: _r_estimate(group, inputs.excluded.get(name, 0))
              for row, group, name in zip(("ssm_r", "transformer_r", "sorting_r"), (ssm, tf, sorting), names)}
-    if ssm is not None:
+    if ssm is None:
+        cells["lag_tau"] = cells["teacher_forced_accuracy"] = _none_learned(inputs.excluded.get(names[0], 0))
+    else:
         lag = ssm["lag"]
         cells["lag_tau"] = _summary_estimate(lag, f"{lag['n_censored']} censored; tau < 0: the halt signal leads")
         tf_acc = ssm["teacher_forced"]
