@@ -102,10 +102,9 @@ class Evaluation:
         rows = np.asarray(indices, dtype=np.int64)
         if rows.ndim != 1 or rows.size == 0 or (rows < 0).any() or (rows >= self.n).any():
             raise ValueError(f"indices: expected a non-empty list of example indices in 0..{self.n - 1}")
-        picked = {name: getattr(self, name)[rows] for name in self.__dataclass_fields__}
-        if not self.has_channel_mean:
-            picked["channel_mean_entropy"] = self.channel_mean_entropy
-        return Evaluation(**picked)
+        empty = () if self.has_channel_mean else ("channel_mean_entropy",)  # a Transformer's: nothing to pick
+        return Evaluation(**{name: getattr(self, name) if name in empty else getattr(self, name)[rows]
+                             for name in self.__dataclass_fields__})
 
     def save(self, path: str | Path) -> Path:
         """Write every array to one .npz file; returns the path."""

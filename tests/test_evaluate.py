@@ -243,8 +243,12 @@ def test_faithful_summary_and_both_definitions_of_one_evaluation() -> None:
     assert summary["tau"]["mean"] == 0.0 and summary["halt_f1"] == 0.0
     both = definitions_side_by_side(ev, n_boot=20).to_dict()
     assert both["faithful"]["n"] == len(examples) and both["corrected"]["tau"]["n_no_crossing"] == len(examples)
+    no_state = evaluate(PerfectModel(examples), examples, max_len=64, protocol="faithful")
     with pytest.raises(ValueError, match="^evaluation:"):
-        faithful_summary(evaluate(PerfectModel(examples), examples, max_len=64, protocol="faithful"), kept)
+        faithful_summary(no_state, kept)
+    picked = no_state.subset(kept)  # a model without a channel-mean state (a Transformer) subsets too
+    assert picked.n == len(kept) and not picked.has_channel_mean
+    assert (picked.result_pos == no_state.result_pos[kept]).all()
     with pytest.raises(ValueError, match="^indices:"):
         ev.subset([len(examples)])
 
