@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from pna.report import MarkdownReport
@@ -100,3 +101,26 @@ def test_transfer_rows_say_when_the_mode_dropped_them(profile, dropped) -> None:
     assert bool(cells) == dropped
     for key, cell in cells.items():
         assert key.startswith("transfer_") and cell.value is None and "dropped in quick mode" in cell.format()
+
+
+def test_parity_trace_accuracy_is_judged_on_the_parity_examples_of_a_mixed_split():
+    from pna.sweep import task_trace_accuracy
+    from pna.tasks import example_from_text
+    from pna.tasks.parity import parity_text, two_operand_text
+
+    examples = [example_from_text(parity_text("101"), {"kind": "parity"}),
+                example_from_text(two_operand_text("12+30"), {"kind": "two_operand"})]
+
+    class Ev:  # the two fields task_trace_accuracy reads, per example: 10/10 on parity, 5/10 on the sum
+        n = 2
+
+        def __init__(self, correct, count):
+            self.trace_correct, self.trace_count = np.asarray(correct), np.asarray(count)
+
+        @property
+        def trace_accuracy(self):
+            return float(self.trace_correct.sum() / self.trace_count.sum())
+
+    ev = Ev([10, 5], [10, 10])
+    assert task_trace_accuracy(ev, examples, "parity") == 1.0
+    assert task_trace_accuracy(ev, examples, "sorting") == 0.75  # no example of that kind: all of them
