@@ -27,15 +27,17 @@ import torch
 from . import jit
 from .backends import kernel_source_dir
 from .contract import ScanArgs, ScanCotangents, ScanGrads, ScanResult, ScanSaved, StateUpdateArgs, StateUpdateResult
+from .cuda_options import DEFAULT
 from .validation import MAX_STATE_DIM
 
-# Steps per chunk (compiled in as PNA_CUDA_CHUNK; a ScanArgs with another chunk_size is refused by the binding).
-# 16 keeps the backward's recomputed chunk of states, (16 + 1) * N floats per channel, in shared memory for N up to
-# 256.
-CHUNK_SIZE = 16
+# Steps per chunk of the backend's build (cuda_options.DEFAULT, compiled in as PNA_CUDA_CHUNK; a ScanArgs with
+# another chunk_size is refused). 16 keeps the backward's recomputed chunk of states, (16 + 1) * N floats per
+# channel, in shared memory for N up to 256.
+CHUNK_SIZE = DEFAULT.chunk
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# What every compile of csrc/cuda needs (the extension build, the compile checks, the host emulation).
-DEFINES = (f"-DPNA_CUDA_CHUNK={CHUNK_SIZE}", f"-DPNA_CUDA_MAX_STATE={MAX_STATE_DIM}")
+# What every compile of csrc/cuda for the backend needs (the extension build, the compile checks): the default
+# options' -D flags (cuda_options.KernelOptions.defines).
+DEFINES = DEFAULT.defines()
 
 SOURCE_DIR = kernel_source_dir("cuda")
 BINDINGS = "bindings.cpp"
