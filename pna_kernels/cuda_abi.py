@@ -111,6 +111,10 @@ class KernelLibrary:
         """Channel blocks per batch row (rows of the per-block partial-sum buffers)."""
         return int(self.library.pna_cuda_num_dblocks(dim, groups, dstate))
 
+    def dbdc_slabs(self, dim: int, groups: int, dstate: int) -> int:
+        """Rows per batch element of the backward's dB / dC partial sums (the options' dbdc_reduction decides)."""
+        return int(self.library.pna_cuda_dbdc_slabs(dim, groups, dstate))
+
     def _scan_args(self, a: ScanArgs) -> ctypes.Structure:
         device, act = a.u.device, a.u.dtype
         if act not in DTYPE_CODES:
@@ -153,7 +157,7 @@ class KernelLibrary:
         c_args = self._scan_args(a)
         batch, dim, length = a.u.shape
         dstate, groups, device, dtype = a.A.shape[1], a.B.shape[1], a.u.device, a.u.dtype
-        n_dblocks = self.num_dblocks(dim, groups, dstate)
+        slabs = self.dbdc_slabs(dim, groups, dstate)
         for name in ("checkpoints", "entropy_sums"):
             _check(name, getattr(saved, name), device, torch.float32)
         grad_out = cot.grad_out.to(dtype).contiguous()
@@ -174,7 +178,7 @@ class KernelLibrary:
                  "z": None if a.z is None else empty(batch, dim, length, dtype=dtype),
                  **{f"{n}_rows": empty(batch, dim, dstate) for n in ("A", "halt_weight")},
                  **{f"{n}_rows": empty(batch, dim) for n in ("D", "delta_bias")},
-                 **{f"{n}_blocks": empty(batch, n_dblocks, dstate, length) for n in ("B", "C")},
+                 **{f"{n}_blocks": empty(batch, slabs, dstate, length) for n in ("B", "C")},
                  "initial_state": empty(batch, dim, dstate)}
         self._launch("pna_cuda_scan_backward", device, c_args,
                      fill("PnaScanSaved", checkpoints=saved.checkpoints, entropy_sums=saved.entropy_sums),

@@ -16,14 +16,19 @@ them is checked on the CPU against the float64 oracle by host emulation (tests/t
     fast_log2          the entropy's logarithm by the SFU's log2 (log2 approximation, scaled by ln 2) instead of a
                        precise logf
     reuse_decay        the backward reuses the decay exp(delta * A) it recomputes with the chunk's states instead
-                       of exponentiating twice
+                       of exponentiating twice, where the decays fit in shared memory (entries per lane * chunk
+                       <= 64, e.g. N <= 32 at chunk 64; elsewhere it exponentiates twice as before)
     parallel_combine   the per-block entropy / halt / channel-mean partial sums are added by a warp per token
                        (fixed-order tree) instead of one thread walking every block
     dbdc_reduction     how the backward reduces dB, dC over a group's channels: "partials" writes one (N, L) slab
-                       per channel block and sums them afterwards (today's kernels)
-    plain              the baseline that isolates the cost of fusion: no entropy, halt, channel mean or checkpoints
-                       in the forward, and no entropy / halt terms in the backward (out, last_state and the
-                       gradients of `out` only)
+                       per channel block and sums them afterwards (today's kernels); "wide_blocks" runs up to 4
+                       channel blocks of a group in one CUDA block that adds their dB, dC in shared memory in a
+                       fixed order first, so up to 4x fewer slabs (pna_cuda_dbdc_slabs gives their number)
+    plain              the baseline that isolates the cost of fusion: no entropy, halt or channel mean in the
+                       forward; no entropy / halt / channel-mean terms in the backward, which reads neither their
+                       cotangents nor the saved entropy sums (the gradients of out and last_state alone: the
+                       halt_weight one is 0). The forward still writes the checkpoints (one state per chunk), which
+                       the backward recomputes from
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ from .validation import MAX_STATE_DIM
 
 CHUNKS = (16, 32, 64)
 LANES = (0, 4, 8, 16, 32)
-DBDC_REDUCTIONS = ("partials",)
+DBDC_REDUCTIONS = ("partials", "wide_blocks")
 # The largest N a build with a chunk above 16 accepts (the backward's chunk of states lives in shared memory).
 LONG_CHUNK_MAX_STATE = 64
 

@@ -17,43 +17,112 @@
 // order, so the gradients are deterministic (no atomics).
 #include "scan_common.cuh"
 
+#if !defined(PNA_CUDA_REUSE_DECAY) || !defined(PNA_CUDA_DBDC_REDUCTION) || !defined(PNA_CUDA_PLAIN)
+#error "compile with every -D flag of pna_kernels/cuda_options.KernelOptions.defines()"
+#endif
+#if PNA_CUDA_DBDC_REDUCTION < 0 || PNA_CUDA_DBDC_REDUCTION > 1
+#error "PNA_CUDA_DBDC_REDUCTION: an index into pna_kernels/cuda_options.DBDC_REDUCTIONS"
+#endif
+
 namespace pna_cuda {
 namespace {
 
 // Steps between flushes of the block's dB/dC sums to global memory (divides kChunk). It bounds their shared
-// memory, 2 * kWarps * N * flush floats: 4 for N > 128 keeps the whole block under an A100's 163 KiB.
+// memory, 2 * warps * N * flush floats: 4 for N > 128 keeps the whole block under an A100's 163 KiB.
 __host__ __device__ constexpr int flush_steps(int npt) { return npt >= 8 ? 4 : 8; }
 static_assert(kChunk % flush_steps(1) == 0 && kChunk % flush_steps(8) == 0, "a flush must divide kChunk");
 
+// reuse_decay: the recompute keeps every step's decay exp(dt A) in shared memory ([kChunk][NPT][kThreads] floats
+// more), where that stays small (NPT * kChunk <= 64: at most 32 KiB); elsewhere the backward exponentiates again.
+__host__ __device__ constexpr bool reuse_decay(int npt) { return PNA_CUDA_REUSE_DECAY != 0 && npt * kChunk <= 64; }
+
+// dbdc_reduction "wide_blocks": up to this many of the layout's channel blocks (sub-blocks of kThreads threads, of
+// one group) share a CUDA block and add their dB/dC in shared memory, so one (N, L) slab covers all of them.
+// Capped by the registers a thread may use at kThreads * subs threads (255 at 128, 128 at 512).
+__host__ __device__ constexpr int max_subs(int npt) {
+  return PNA_CUDA_DBDC_REDUCTION == 0 ? 1 : npt <= 2 ? 4 : npt == 4 ? 2 : 1;
+}
+// The most shared memory a wide block takes (two fit an H100 SM, 228 KiB; the bytes per warp are about those of a
+// narrow block, so occupancy stays): fewer sub-blocks where more would not fit.
+constexpr size_t kWideSharedBytes = 100 * 1024;
+
+constexpr int kChannelArrays = 8;  // u, dt, d dt / d delta, z, grad_out, du, d delta, dz
+
+// Shared floats of one sub-block: the chunk's states [kChunk + 1][NPT][kThreads], the decays (reuse_decay) and the
+// per-channel arrays [kChannelArrays][cpb][kChunk + 1].
+__host__ __device__ constexpr size_t sub_block_floats(int npt, int cpb) {
+  return static_cast<size_t>(kChunk + 1) * npt * kThreads + (reuse_decay(npt) ? kChunk * npt * kThreads : 0) +
+         static_cast<size_t>(kChannelArrays) * cpb * (kChunk + 1);
+}
+
+// How the backward is launched: `subs` sub-blocks per CUDA block, `blocks_per_group` CUDA blocks per group,
+// `slabs` = groups * blocks_per_group (batch, slabs, N, L) dB and dC partial sums, `shared` bytes per block.
+struct BackwardPlan {
+  int subs, blocks_per_group, slabs;
+  size_t shared;
+};
+
+size_t backward_shared_bytes(const Layout& l, int dstate, int subs) {
+  const size_t common = 2 * static_cast<size_t>(dstate) * (kChunk + 1) + 3 * kChunk +  // B, C; the token arrays
+                        2 * static_cast<size_t>(subs) * kWarps * dstate * flush_steps(l.npt);  // dB, dC per warp
+  return sizeof(float) * (common + subs * sub_block_floats(l.npt, l.cpb));
+}
+
+BackwardPlan backward_plan(const Layout& l, int dstate, int groups) {
+  int subs = max_subs(l.npt);
+  // no more sub-blocks than half would already cover the group, and within kWideSharedBytes
+  while (subs > 1 && (subs / 2 >= l.blocks_per_group || backward_shared_bytes(l, dstate, subs) > kWideSharedBytes))
+    subs /= 2;
+  BackwardPlan plan;
+  plan.subs = subs;
+  plan.blocks_per_group = (l.blocks_per_group + subs - 1) / subs;
+  plan.slabs = groups * plan.blocks_per_group;
+  plan.shared = backward_shared_bytes(l, dstate, subs);
+  return plan;
+}
+
 struct BackwardParams {
   Shape s;
+  BackwardPlan plan;
   PnaScanArgs a;
   PnaScanSaved saved;
   PnaScanCotangents cot;
   PnaScanGradParts g;
 };
 
-constexpr int kChannelArrays = 8;  // u, dt, d dt / d delta, z, grad_out, du, d delta, dz
-
-size_t backward_shared_bytes(const Layout& l, int dstate) {
-  const size_t states = static_cast<size_t>(kChunk + 1) * l.npt * kThreads;
-  const size_t channels = static_cast<size_t>(kChannelArrays * l.cpb + 2 * dstate) * (kChunk + 1);
-  const size_t tokens = 3 * kChunk;
-  const size_t bc_sums = 2 * static_cast<size_t>(kWarps) * dstate * flush_steps(l.npt);
-  return sizeof(float) * (states + channels + tokens + bc_sums);
-}
-
 template <typename T, int NPT>
-__global__ void __launch_bounds__(kThreads) scan_backward_kernel(BackwardParams p) {
+__global__ void __launch_bounds__(kThreads * max_subs(NPT)) scan_backward_kernel(BackwardParams p) {
   constexpr int W = kChunk + 1;
   constexpr int kFlush = flush_steps(NPT);
+  constexpr bool kReuse = reuse_decay(NPT);
+  constexpr bool kPlain = PNA_CUDA_PLAIN != 0;
   extern __shared__ float smem[];
   const Shape& s = p.s;
-  const BlockPos pos = block_pos(s);
+  const int subs = p.plan.subs, threads = subs * kThreads;
+  const int sub = threadIdx.x / kThreads, tid = threadIdx.x % kThreads;
+  // This sub-block's channel block: sub-block `sub` of the CUDA block's run of channel blocks in group g.
+  const int group = blockIdx.x / p.plan.blocks_per_group;
+  const int in_group = (blockIdx.x % p.plan.blocks_per_group) * subs + sub;
+  const bool exists = in_group < s.layout.blocks_per_group;  // the group's last CUDA block may have spare ones
+  BlockPos pos = block_pos_at(s, blockIdx.y, group * s.layout.blocks_per_group + (exists ? in_group : 0), tid);
+  if (!exists) {
+    pos.nch = 0;
+    pos.active = false;
+  }
   const int cpb = s.layout.cpb, tpc = s.layout.tpc, N = s.dstate, L = s.length, D = s.dim;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  float* s_h = smem;  // [kChunk + 1][NPT][kThreads]: h before the chunk, then after each step
-  float* s_u = s_h + (kChunk + 1) * NPT * kThreads;
+  float* s_B = smem;  // [N][W], the group's
+  float* s_C = s_B + N * W;
+  float* s_ge = s_C + N * W;  // 2 grad_entropy / S1 (0 where S1 = 0)
+  float* s_r = s_ge + kChunk;  // S2 / S1
+  float* s_gh = s_r + kChunk;  // grad_halt
+  float* s_dB = s_gh + kChunk;  // [subs * kWarps][N][kFlush]
+  float* s_dC = s_dB + subs * kWarps * N * kFlush;
+  // This sub-block's part: h before the chunk, then after each step, [kChunk + 1][NPT][kThreads]; the decays
+  // [kChunk][NPT][kThreads] (kReuse only); the per-channel arrays [cpb][W].
+  float* s_h = s_dC + subs * kWarps * N * kFlush + sub * sub_block_floats(NPT, cpb);
+  float* s_a = s_h + W * NPT * kThreads;
+  float* s_u = s_a + (kReuse ? kChunk * NPT * kThreads : 0);
   float* s_dt = s_u + cpb * W;
   float* s_dsp = s_dt + cpb * W;
   float* s_z = s_dsp + cpb * W;
@@ -61,13 +130,6 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(BackwardParams 
   float* s_du = s_gout + cpb * W;
   float* s_ddelta = s_du + cpb * W;
   float* s_dz = s_ddelta + cpb * W;
-  float* s_B = s_dz + cpb * W;
-  float* s_C = s_B + N * W;
-  float* s_ge = s_C + N * W;  // 2 grad_entropy / S1 (0 where S1 = 0)
-  float* s_r = s_ge + kChunk;  // S2 / S1
-  float* s_gh = s_r + kChunk;  // grad_halt
-  float* s_dB = s_gh + kChunk;  // [kWarps][N][kFlush]
-  float* s_dC = s_dB + kWarps * N * kFlush;
 
   float a2[NPT], Av[NPT], hw[NPT], g[NPT], dA[NPT], dhw[NPT];
   bool valid[NPT];
@@ -79,7 +141,7 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(BackwardParams 
     const size_t dn = static_cast<size_t>(pos.d) * N + n;
     Av[k] = valid[k] ? p.a.A[dn] : 0.f;
     a2[k] = Av[k] * kLog2e;
-    hw[k] = valid[k] ? p.a.halt_weight[dn] : 0.f;
+    hw[k] = valid[k] && !kPlain ? p.a.halt_weight[dn] : 0.f;
     g[k] = valid[k] ? p.cot.grad_last_state[bd * N + n] : 0.f;
     dA[k] = 0.f;
     dhw[k] = 0.f;
@@ -98,20 +160,19 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(BackwardParams 
   const size_t bc = (static_cast<size_t>(pos.b) * s.groups + pos.g) * N * L;
   const T* B = static_cast<const T*>(p.a.B) + bc;
   const T* C = static_cast<const T*>(p.a.C) + bc;
-  const size_t blk_rows = (static_cast<size_t>(pos.b) * s.layout.n_dblocks + pos.blk) * N * L;
-  float* dB_out = p.g.B_blocks + blk_rows;
-  float* dC_out = p.g.C_blocks + blk_rows;
-  const float* s1_row = p.saved.entropy_sums + static_cast<size_t>(pos.b) * 2 * L;
-  const float* s2_row = s1_row + L;
+  const size_t slab = (static_cast<size_t>(pos.b) * p.plan.slabs + blockIdx.x) * N * L;
+  float* dB_out = p.g.B_blocks + slab;
+  float* dC_out = p.g.C_blocks + slab;
   const int n_chunks = (L + kChunk - 1) / kChunk;
-  const float* grad_mean =
-      p.a.with_channel_mean ? p.cot.grad_channel_mean + static_cast<size_t>(pos.b) * L * N : nullptr;
+  // plain: no entropy / halt / channel-mean terms, so none of their cotangents or saved sums is read
+  const float* grad_mean = p.a.with_channel_mean && !kPlain
+                               ? p.cot.grad_channel_mean + static_cast<size_t>(pos.b) * L * N : nullptr;
   const float inv_dim = 1.f / static_cast<float>(D);
 
   for (int chunk = n_chunks - 1; chunk >= 0; --chunk) {
     const int t0 = chunk * kChunk;
     const int tl = min(kChunk, L - t0);
-    for (int i = threadIdx.x; i < pos.nch * kChunk; i += kThreads) {
+    for (int i = tid; i < pos.nch * kChunk; i += kThreads) {
       const int c = i / kChunk, t = i % kChunk;
       if (t < tl) {
         const size_t at = static_cast<size_t>(c) * L + t0 + t;
@@ -123,19 +184,23 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(BackwardParams 
         s_gout[c * W + t] = to_float(gout[at]);
       }
     }
-    for (int i = threadIdx.x; i < N * kChunk; i += kThreads) {
+    for (int i = threadIdx.x; i < N * kChunk; i += threads) {
       const int n = i / kChunk, t = i % kChunk;
       if (t < tl) {
         s_B[n * W + t] = to_float(B[static_cast<size_t>(n) * L + t0 + t]);
         s_C[n * W + t] = to_float(C[static_cast<size_t>(n) * L + t0 + t]);
       }
     }
-    for (int t = threadIdx.x; t < tl; t += kThreads) {
-      const size_t at = static_cast<size_t>(pos.b) * L + t0 + t;
-      const float s1 = s1_row[t0 + t], s2 = s2_row[t0 + t];
-      s_ge[t] = s1 > 0.f ? 2.f * p.cot.grad_entropy[at] / s1 : 0.f;
-      s_r[t] = s1 > 0.f ? s2 / s1 : 0.f;
-      s_gh[t] = p.cot.grad_halt[at];
+    if constexpr (!kPlain) {
+      const float* s1_row = p.saved.entropy_sums + static_cast<size_t>(pos.b) * 2 * L;
+      const float* s2_row = s1_row + L;
+      for (int t = threadIdx.x; t < tl; t += threads) {
+        const size_t at = static_cast<size_t>(pos.b) * L + t0 + t;
+        const float s1 = s1_row[t0 + t], s2 = s2_row[t0 + t];
+        s_ge[t] = s1 > 0.f ? 2.f * p.cot.grad_entropy[at] / s1 : 0.f;
+        s_r[t] = s1 > 0.f ? s2 / s1 : 0.f;
+        s_gh[t] = p.cot.grad_halt[at];
+      }
     }
     __syncthreads();
 
@@ -146,21 +211,28 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(BackwardParams 
 #pragma unroll
       for (int k = 0; k < NPT; ++k) {
         h[k] = valid[k] ? ck[pos.j + k * tpc] : 0.f;
-        s_h[k * kThreads + threadIdx.x] = h[k];
+        s_h[k * kThreads + tid] = h[k];
       }
       for (int t = 0; t < tl; ++t) {
         const float dt = s_dt[pos.c * W + t], uu = s_u[pos.c * W + t];
 #pragma unroll
         for (int k = 0; k < NPT; ++k) {
-          if (valid[k]) h[k] = exp2f(dt * a2[k]) * h[k] + dt * s_B[(pos.j + k * tpc) * W + t] * uu;
-          s_h[((t + 1) * NPT + k) * kThreads + threadIdx.x] = h[k];
+          const float a = exp2f(dt * a2[k]);
+          if constexpr (kReuse) s_a[(t * NPT + k) * kThreads + tid] = a;
+          if (valid[k]) h[k] = a * h[k] + dt * s_B[(pos.j + k * tpc) * W + t] * uu;
+          s_h[((t + 1) * NPT + k) * kThreads + tid] = h[k];
         }
       }
     }
 
     for (int t = tl - 1; t >= 0; --t) {
       const float dt = s_dt[pos.c * W + t], uu = s_u[pos.c * W + t], go = s_gout[pos.c * W + t];
-      const float ge = s_ge[t], r = s_r[t], gh = s_gh[t];
+      float ge = 0.f, r = 0.f, gh = 0.f;
+      if constexpr (!kPlain) {
+        ge = s_ge[t];
+        r = s_r[t];
+        gh = s_gh[t];
+      }
       float dy = go, zz = 0.f, sg = 0.f;
       if (has_z) {
         zz = s_z[pos.c * W + t];
@@ -174,18 +246,22 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(BackwardParams 
         dCv[k] = 0.f;
         if (valid[k]) {
           const int n = pos.j + k * tpc;
-          const float hp = s_h[(t * NPT + k) * kThreads + threadIdx.x];
-          const float hc = s_h[((t + 1) * NPT + k) * kThreads + threadIdx.x];
+          const float hp = s_h[(t * NPT + k) * kThreads + tid];
+          const float hc = s_h[((t + 1) * NPT + k) * kThreads + tid];
           const float Bn = s_B[n * W + t], Cn = s_C[n * W + t];
-          const float e = hc * hc;
           yp += Cn * hc;
-          g[k] += Cn * dy + gh * hw[k] + (e > 0.f ? ge * hc * (r - logf(e)) : 0.f);
-          if (grad_mean != nullptr) g[k] += grad_mean[static_cast<size_t>(t0 + t) * N + n] * inv_dim;
-          const float a = exp2f(dt * a2[k]);
+          if constexpr (kPlain) {
+            g[k] += Cn * dy;
+          } else {
+            const float e = hc * hc;
+            g[k] += Cn * dy + gh * hw[k] + (e > 0.f ? ge * hc * (r - logf(e)) : 0.f);
+            if (grad_mean != nullptr) g[k] += grad_mean[static_cast<size_t>(t0 + t) * N + n] * inv_dim;
+            dhw[k] += gh * hc;
+          }
+          const float a = kReuse ? s_a[(t * NPT + k) * kThreads + tid] : exp2f(dt * a2[k]);
           ddt_p += g[k] * (Av[k] * a * hp + Bn * uu);
           du_p += g[k] * dt * Bn;
           dA[k] += g[k] * hp * a * dt;
-          dhw[k] += gh * hc;
           dBv[k] = g[k] * dt * uu;
           dCv[k] = hc * dy;
           g[k] *= a;
@@ -219,11 +295,11 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(BackwardParams 
       if (slot == 0) {  // steps t .. t + kFlush - 1 (those < tl) are complete: add up the warps, in warp order
         __syncthreads();
         const int steps = min(kFlush, tl - t);
-        for (int i = threadIdx.x; i < N * kFlush; i += kThreads) {
+        for (int i = threadIdx.x; i < N * kFlush; i += threads) {
           const int n = i / kFlush, q = i % kFlush;
           if (q < steps) {
             float vb = 0.f, vc = 0.f;
-            for (int w = 0; w < kWarps; ++w) {
+            for (int w = 0; w < subs * kWarps; ++w) {
               vb += s_dB[(w * N + n) * kFlush + q];
               vc += s_dC[(w * N + n) * kFlush + q];
             }
@@ -235,7 +311,7 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(BackwardParams 
       }
     }
 
-    for (int i = threadIdx.x; i < pos.nch * kChunk; i += kThreads) {
+    for (int i = tid; i < pos.nch * kChunk; i += kThreads) {
       const int c = i / kChunk, t = i % kChunk;
       if (t < tl) {
         const size_t at = static_cast<size_t>(c) * L + t0 + t;
@@ -265,22 +341,27 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(BackwardParams 
 }  // namespace
 }  // namespace pna_cuda
 
+extern "C" int pna_cuda_dbdc_slabs(int dim, int groups, int dstate) {
+  return pna_cuda::backward_plan(pna_cuda::make_layout(dim, groups, dstate), dstate, groups).slabs;
+}
+
 extern "C" const char* pna_cuda_scan_backward(const PnaScanArgs* args, const PnaScanSaved* saved,
                                               const PnaScanCotangents* cot, const PnaScanGradParts* grads,
                                               cudaStream_t stream) {
   using namespace pna_cuda;
   const PnaScanArgs& a = *args;
   if (const char* why = check_problem(a.dtype, a.batch, a.dim, a.length, a.dstate, a.groups)) return why;
-  const BackwardParams p{
-      Shape{a.batch, a.dim, a.length, a.dstate, a.groups, make_layout(a.dim, a.groups, a.dstate)}, a, *saved, *cot,
-      *grads};
-  const size_t shared = backward_shared_bytes(p.s.layout, a.dstate);
-  const dim3 grid(p.s.layout.n_dblocks, a.batch);
-  const cudaError_t err = dispatch(a.dtype, p.s.layout.npt, [&](auto tag, auto npt) {
+  const Layout layout = make_layout(a.dim, a.groups, a.dstate);
+  const BackwardParams p{Shape{a.batch, a.dim, a.length, a.dstate, a.groups, layout},
+                         backward_plan(layout, a.dstate, a.groups), a, *saved, *cot, *grads};
+  const dim3 grid(p.plan.slabs, a.batch);
+  const unsigned threads = kThreads * p.plan.subs;
+  const size_t shared = p.plan.shared;
+  const cudaError_t err = dispatch(a.dtype, layout.npt, [&](auto tag, auto npt) {
     auto kernel = scan_backward_kernel<decltype(tag), decltype(npt)::value>;
     cudaError_t e = allow_shared_memory(kernel, shared);
     if (e != cudaSuccess) return e;
-    kernel<<<grid, kThreads, shared, stream>>>(p);
+    kernel<<<grid, threads, shared, stream>>>(p);
     return cudaGetLastError();
   });
   return error_string(err);

@@ -70,21 +70,25 @@ struct BlockPos {
   bool active;  // c < nch
 };
 
-__device__ inline BlockPos block_pos(const Shape& s) {
+// Thread `tid` of channel block `blk` (in [0, n_dblocks)) of batch row b.
+__device__ inline BlockPos block_pos_at(const Shape& s, int b, int blk, int tid) {
   BlockPos p;
-  p.b = blockIdx.y;
-  p.blk = blockIdx.x;
+  p.b = b;
+  p.blk = blk;
   p.g = p.blk / s.layout.blocks_per_group;
   const int per_group = s.dim / s.groups;
   const int first_in_group = (p.blk % s.layout.blocks_per_group) * s.layout.cpb;
   p.d0 = p.g * per_group + first_in_group;
   p.nch = min(s.layout.cpb, per_group - first_in_group);
-  p.c = threadIdx.x / s.layout.tpc;
-  p.j = threadIdx.x % s.layout.tpc;
+  p.c = tid / s.layout.tpc;
+  p.j = tid % s.layout.tpc;
   p.active = p.c < p.nch;
   p.d = p.d0 + p.c;
   return p;
 }
+
+// This thread of this block (the grid's x is the channel block, y the batch row).
+__device__ inline BlockPos block_pos(const Shape& s) { return block_pos_at(s, blockIdx.y, blockIdx.x, threadIdx.x); }
 
 template <typename T>
 __device__ inline float to_float(T x);

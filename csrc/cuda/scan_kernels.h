@@ -75,7 +75,7 @@ typedef struct PnaScanCotangents {
 
 // What the backward writes for contract.ScanGrads: u, delta, z (if z) in the input dtype and initial_state
 // (batch, D, N) directly; the rest as partial sums the caller adds up in a fixed order: A_rows, halt_weight_rows
-// (batch, D, N); D_rows, delta_bias_rows (batch, D); B_blocks, C_blocks (batch, num_dblocks, N, L) (sum the blocks
+// (batch, D, N); D_rows, delta_bias_rows (batch, D); B_blocks, C_blocks (batch, dbdc_slabs, N, L) (sum the slabs
 // of each group). dhalt_bias is the sum of grad_halt.
 typedef struct PnaScanGradParts {
   void* u;
@@ -122,6 +122,9 @@ typedef struct PnaStateUpdateResult {
 
 // Blocks per batch row (the partial-sum buffers above have this many rows per batch element).
 int pna_cuda_num_dblocks(int dim, int groups, int dstate);
+
+// Slabs per batch row of the backward's B_blocks / C_blocks (groups * slabs per group, in group order).
+int pna_cuda_dbdc_slabs(int dim, int groups, int dstate);
 
 // sizeof of the structs above, in the order they are declared, so a foreign-function caller can check its mirror.
 int pna_cuda_struct_sizes(int* sizes, int count);
