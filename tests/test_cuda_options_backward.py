@@ -45,10 +45,6 @@ WIDE_N_CASES = {
 }
 
 
-def _library(options: KernelOptions):
-    return emulated_library(options)
-
-
 @pytest.mark.parametrize("options", BUILDS, ids=KernelOptions.name)
 def test_option_build_compiles_for_sm90(options, tmp_path):
     """The backward of each build through nvcc for sm_90, warnings as errors (tests/test_cuda_compile.py compiles
@@ -74,15 +70,13 @@ def _args(options: KernelOptions, case: ScanCase, dtype: torch.dtype, with_chann
 
 @pytest.mark.parametrize("options,case,dtype", [*_cases(CHUNK32), *_cases(CHUNK64)])
 def test_long_chunk_and_reuse_decay_match_oracle(options, case, dtype):
-    """chunk 32 / 64 (the forward's checkpoints at those chunks included), reuse_decay and wide_blocks: forward
-    and every gradient, the channel mean and its cotangent included where the case asks for it."""
-    assert_kernels_match_oracle(*_forward_backward(options), _args(options, case, dtype, case.with_channel_mean),
-                                RTOL[dtype])
-
-
-def _forward_backward(options: KernelOptions):
-    library = _library(options)
-    return library.scan_forward, library.scan_backward
+    """chunk 32 / 64, reuse_decay and wide_blocks: forward (the checkpoints the forward writes every `chunk` steps
+    included) and every gradient, the channel mean and its cotangent included where the case asks for it."""
+    args = _args(options, case, dtype, case.with_channel_mean)
+    library = emulated_library(options)
+    got = assert_kernels_match_oracle(library.scan_forward, library.scan_backward, args, RTOL[dtype])
+    want, _ = kernel_oracle(args, scan_cotangents(args))
+    assert_close_rel("checkpoints", got.checkpoints, want.checkpoints, RTOL[dtype])
 
 
 def _nan_like(t: torch.Tensor) -> torch.Tensor:
@@ -94,7 +88,7 @@ def test_plain_matches_oracle_without_entropy_and_halt(options, case, dtype):
     """plain: out and last_state as the oracle's; the backward, given NaN for every cotangent and saved sum that it
     must not read (grad_entropy, grad_halt, the entropy sums), gives the oracle's gradients for grad_entropy =
     grad_halt = 0 (halt_weight's then 0). halt_bias is left out: its gradient is the caller's sum of grad_halt."""
-    library = _library(options)
+    library = emulated_library(options)
     args = _args(options, case, dtype, with_channel_mean=False)
     cot = scan_cotangents(args)
     cot_plain = dataclasses.replace(cot, grad_entropy=torch.zeros_like(cot.grad_entropy),
@@ -116,7 +110,7 @@ def test_plain_matches_oracle_without_entropy_and_halt(options, case, dtype):
 @pytest.mark.parametrize("options", [CHUNK32, PLAIN], ids=KernelOptions.name)
 def test_wide_blocks_are_deterministic(options):
     """Two runs of the wide reduction give bitwise-equal results (fixed-order sums, no atomics)."""
-    library = _library(options)
+    library = emulated_library(options)
     args = _args(options, *COMMON_CASES["N16-3groups-spare-subblocks"], with_channel_mean=False)
     cot = scan_cotangents(args)
     assert_bitwise_equal(run_kernels(library.scan_forward, library.scan_backward, args, cot),
@@ -130,7 +124,7 @@ def test_wide_blocks_shrink_the_dbdc_slabs(dim, groups, dstate, factor):
     """wide_blocks at chunk 16: the (N, L) slabs of dB and dC per batch row are the channel blocks / `factor` (4
     sub-blocks at N 16, 2 at N 64 where 4 would pass the shared-memory cap, 1 at N 128; a group's last wide block
     may hold spare sub-blocks); "partials" keeps one slab per channel block."""
-    wide, partials = _library(PLAIN), _library(CHUNK64)
+    wide, partials = emulated_library(PLAIN), emulated_library(CHUNK64)
     blocks = wide.num_dblocks(dim, groups, dstate)
     assert wide.dbdc_slabs(dim, groups, dstate) * factor == blocks
     assert partials.dbdc_slabs(dim, groups, dstate) == blocks

@@ -12,9 +12,16 @@
 //   dB_t[n] = sum_d g_t dt_t u_t,  dC_t[n] = sum_d h_t dy_t,  dz_t = grad_out_t y_t silu'(z_t),  dD += dy_t u_t,
 //   d delta = d dt * sigmoid(delta + delta_bias) with softplus (d dt without),  dhalt_weight += grad_halt_t h_t.
 // Per-channel results (du, d delta, dz) are written coalesced per chunk. Sums over channels (dB, dC) are warp
-// shuffles, then a fixed-order sum over the block's warps, written per block to (batch, n_dblocks, N, L); sums
-// over batch rows (dA, dD, d delta_bias, dhalt_weight) are written per row. The caller adds both up in a fixed
-// order, so the gradients are deterministic (no atomics).
+// shuffles, then a fixed-order sum over the block's warps, written per block to (batch, slabs, N, L); sums over
+// batch rows (dA, dD, d delta_bias, dhalt_weight) are written per row. The caller adds both up in a fixed order, so
+// the gradients are deterministic (no atomics).
+//
+// Compile-time options (pna_kernels/cuda_options.py): PNA_CUDA_CHUNK (16, 32 or 64 steps per chunk);
+// PNA_CUDA_REUSE_DECAY keeps the recompute's exp(dt A) for the adjoint step (see reuse_decay below);
+// PNA_CUDA_PLAIN drops the entropy, halt and channel-mean terms; PNA_CUDA_DBDC_REDUCTION 0 ("partials") runs one
+// layout channel block per CUDA block, so one dB/dC slab per channel block, 1 ("wide_blocks") runs up to 4 channel
+// blocks of a group as sub-blocks of one CUDA block (see backward_plan), which stage B and C once and add their
+// warps' dB/dC together, so one slab per CUDA block.
 #include "scan_common.cuh"
 
 #if !defined(PNA_CUDA_REUSE_DECAY) || !defined(PNA_CUDA_DBDC_REDUCTION) || !defined(PNA_CUDA_PLAIN)
@@ -45,6 +52,9 @@ __host__ __device__ constexpr int max_subs(int npt) {
 // The most shared memory a wide block takes (two fit an H100 SM, 228 KiB; the bytes per warp are about those of a
 // narrow block, so occupancy stays): fewer sub-blocks where more would not fit.
 constexpr size_t kWideSharedBytes = 100 * 1024;
+
+// The most dynamic shared memory a block may opt in to (sm_90; an A100 allows 163 KiB).
+constexpr size_t kMaxSharedBytes = 227 * 1024;
 
 constexpr int kChannelArrays = 8;  // u, dt, d dt / d delta, z, grad_out, du, d delta, dz
 
@@ -354,6 +364,9 @@ extern "C" const char* pna_cuda_scan_backward(const PnaScanArgs* args, const Pna
   const Layout layout = make_layout(a.dim, a.groups, a.dstate);
   const BackwardParams p{Shape{a.batch, a.dim, a.length, a.dstate, a.groups, layout},
                          backward_plan(layout, a.dstate, a.groups), a, *saved, *cot, *grads};
+  if (p.plan.shared > kMaxSharedBytes)
+    return "the backward's shared memory (chunk + 1 states per lane) passes 227 KiB: use a shorter chunk or more "
+           "lanes per channel";
   const dim3 grid(p.plan.slabs, a.batch);
   const unsigned threads = kThreads * p.plan.subs;
   const size_t shared = p.plan.shared;
