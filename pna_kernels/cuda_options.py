@@ -21,9 +21,12 @@ them is checked on the CPU against the float64 oracle by host emulation (tests/t
                        (fixed-order tree) instead of one thread walking every block
     dbdc_reduction     how the backward reduces dB, dC over a group's channels: "partials" writes one (N, L) slab
                        per channel block and sums them afterwards (today's kernels)
-    plain              the baseline that isolates the cost of fusion: no entropy, halt, channel mean or checkpoints
-                       in the forward, and no entropy / halt terms in the backward (out, last_state and the
-                       gradients of `out` only)
+    plain              the baseline that isolates the cost of fusion: the forward computes no entropy, halt or
+                       channel mean (no per-step sums, no combine kernels) and writes out, last_state and the
+                       checkpoints only (one state per chunk, which the backward recomputes from; so checkpoints are
+                       NOT dropped), leaving entropy, halt_logits, entropy_sums and channel_mean unwritten; the
+                       backward has no entropy / halt terms (the gradients of out and last_state only); the decode
+                       step (state_update) is unchanged
 """
 from __future__ import annotations
 

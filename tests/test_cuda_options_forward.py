@@ -7,13 +7,16 @@ nvcc -Werror compile of the variants for sm_90, so one that does not build for t
 Options that do not interact share one build (an emulated build takes tens of seconds)."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
+from pna_kernels.contract import ScanArgs, tensor_fields
 from pna_kernels.cuda_emulation import emulated_library
-from pna_kernels.cuda_options import DEFAULT
+from pna_kernels.cuda_options import DEFAULT, KernelOptions
 from pna_kernels.testing import (
-    RTOL, ScanCase, assert_bitwise_equal, run_kernels, scan_args, scan_cotangents,
+    RTOL, ScanCase, assert_bitwise_equal, assert_close_rel, kernel_oracle, run_kernels, scan_args, scan_cotangents,
 )
 
 SEED_VARIABLE = "PNA_CUDA_EMULATION_SEED"
@@ -31,3 +34,36 @@ def test_block_order_does_not_change_results(options, monkeypatch):
         monkeypatch.setenv(SEED_VARIABLE, seed)
         runs.append(run_kernels(library.scan_forward, library.scan_backward, args, cot))
     assert_bitwise_equal(*runs)
+
+
+PLAIN = KernelOptions(plain=True)
+PLAIN_CASES = {  # L never a multiple of the chunk; with_channel_mean off (plain computes none)
+    "N1-ungrouped": (ScanCase(1, 7, 20, 1, grouped=False, with_channel_mean=False), torch.float32),
+    "N4-80ch-2groups": (ScanCase(2, 80, 37, 4, 2, with_init=False, with_channel_mean=False), torch.float32),
+    "N16-3groups": (ScanCase(1, 9, 41, 16, 3, softplus=False, with_channel_mean=False), torch.float32),
+    "N64": (ScanCase(1, 6, 23, 64, 2, with_z=False, with_channel_mean=False), torch.float32),
+    "N100": (ScanCase(1, 5, 17, 100, with_channel_mean=False), torch.float32),
+    "bf16-N16": (ScanCase(2, 6, 37, 16, 2, with_channel_mean=False), torch.bfloat16),
+}
+
+
+@pytest.mark.parametrize("case,dtype", PLAIN_CASES.values(), ids=PLAIN_CASES.keys())
+def test_plain_matches_oracle(case, dtype):
+    """plain: out, last_state and the checkpoints match the oracle and entropy, halt_logits, entropy_sums are left
+    unwritten (NaN from the poisoned buffers: the option really drops them); the gradients of out and last_state
+    (grad_entropy = grad_halt = 0) match the oracle's."""
+    library = emulated_library(PLAIN)
+    args = scan_args(case.inputs(dtype), case.softplus, PLAIN.chunk, with_channel_mean=False)
+    batch, _, length = args.u.shape
+    zeros = torch.zeros(batch, length, dtype=torch.float64)
+    cot = dataclasses.replace(scan_cotangents(args), grad_entropy=zeros, grad_halt=zeros)
+    want, want_grads = kernel_oracle(args, cot)
+    got = library.scan_forward(args)
+    for name in ("out", "last_state", "checkpoints"):
+        assert_close_rel(name, getattr(got, name), getattr(want, name), RTOL[dtype])
+    for name in ("entropy", "halt_logits", "entropy_sums"):
+        assert torch.isnan(getattr(got, name)).all(), f"{name}: plain wrote it"
+    grads = library.scan_backward(args, got.saved, cot)
+    for name in tensor_fields(ScanArgs):
+        if getattr(args, name) is not None:
+            assert_close_rel(f"d{name}", getattr(grads, name), getattr(want_grads, name), RTOL[dtype])

@@ -28,6 +28,8 @@ static_assert(kMaxState >= 1 && kMaxState <= 256, "a channel's state must fit 32
 // from that checkpoint into shared memory (pna_kernels/cuda.py's CHUNK_SIZE, passed as PNA_CUDA_CHUNK).
 constexpr int kChunk = PNA_CUDA_CHUNK;
 constexpr float kLog2e = 1.4426950408889634f;
+// Forward-side kernel options (pna_kernels/cuda_options.py), as constants for `if constexpr`.
+constexpr bool kPlain = PNA_CUDA_PLAIN != 0;  // the forward writes out, last_state and checkpoints only
 
 // How the channels of one batch row are split into blocks.
 struct Layout {
