@@ -16,10 +16,12 @@ from pna_kernels.contract import ScanArgs, tensor_fields
 from pna_kernels.cuda_emulation import emulated_library
 from pna_kernels.cuda_options import DEFAULT, KernelOptions
 from pna_kernels.testing import (
-    RTOL, ScanCase, assert_bitwise_equal, assert_close_rel, kernel_oracle, run_kernels, scan_args, scan_cotangents,
+    RTOL, ScanCase, assert_bitwise_equal, assert_close_rel, assert_kernel_step_matches_oracle,
+    assert_kernels_match_oracle, kernel_oracle, run_kernels, scan_args, scan_cotangents, state_update_args,
 )
 
 SEED_VARIABLE = "PNA_CUDA_EMULATION_SEED"
+BLOCK_THREADS = 128  # kThreads of csrc/cuda/scan_common.cuh
 
 
 @pytest.mark.parametrize("options", [DEFAULT], ids=lambda o: o.name())
@@ -67,3 +69,35 @@ def test_plain_matches_oracle(case, dtype):
     for name in tensor_fields(ScanArgs):
         if getattr(args, name) is not None:
             assert_close_rel(f"d{name}", getattr(grads, name), getattr(want_grads, name), RTOL[dtype])
+
+
+# Builds with a fixed lane count: 4 lanes (8 channels a warp, up to 8 entries a lane at N 32) and 16 (N 1 leaves 15
+# lanes of a channel idle; N 100 and 128 give 8 entries a lane).
+LANES4 = KernelOptions(lanes_per_channel=4, max_state=32)
+LANES16 = KernelOptions(lanes_per_channel=16, max_state=128)
+LANE_CASES = {  # L never a multiple of the chunk; D / G above the block's channels: several blocks per group
+    "lanes4-N1": (LANES4, ScanCase(1, 7, 20, 1, grouped=False), torch.float32),
+    "lanes4-N4-80ch-2groups": (LANES4, ScanCase(2, 80, 37, 4, 2, with_init=False), torch.float32),
+    "lanes4-N16-3groups": (LANES4, ScanCase(1, 96, 19, 16, 3, softplus=False), torch.float32),
+    "lanes4-N20": (LANES4, ScanCase(1, 40, 21, 20, with_z=False), torch.float32),
+    "lanes4-N32-bf16": (LANES4, ScanCase(2, 36, 35, 32, 2), torch.bfloat16),
+    "lanes16-N1-2groups": (LANES16, ScanCase(1, 20, 23, 1, 2), torch.float32),
+    "lanes16-N16": (LANES16, ScanCase(2, 18, 37, 16, with_init=False), torch.float32),
+    "lanes16-N64-3groups": (LANES16, ScanCase(1, 30, 17, 64, 3, softplus=False), torch.float32),
+    "lanes16-N100": (LANES16, ScanCase(1, 10, 19, 100, with_z=False), torch.float32),
+    "lanes16-N128-bf16": (LANES16, ScanCase(1, 12, 21, 128, 2), torch.bfloat16),
+}
+
+
+@pytest.mark.parametrize("options,case,dtype", LANE_CASES.values(), ids=LANE_CASES.keys())
+def test_fixed_lanes_match_oracle(options, case, dtype):
+    """Every kernel (forward, backward, decode step) on the build's fixed lane count: the forward with the channel
+    mean and every gradient, then one decode step, against the float64 oracle; the layout has the build's
+    128 / lanes channels a block."""
+    library = emulated_library(options)
+    per_group, channels = case.dim // case.groups, BLOCK_THREADS // options.lanes_per_channel
+    assert library.num_dblocks(case.dim, case.groups, case.dstate) == case.groups * -(-per_group // channels)
+    args = scan_args(case.inputs(dtype), case.softplus, options.chunk, case.with_channel_mean)
+    assert_kernels_match_oracle(library.scan_forward, library.scan_backward, args, RTOL[dtype])
+    assert_kernel_step_matches_oracle(library.state_update, state_update_args(case.inputs(dtype), 3, case.softplus),
+                                      RTOL[dtype])
