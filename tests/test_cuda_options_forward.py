@@ -72,12 +72,15 @@ def test_plain_matches_oracle(case, dtype):
 
 
 # Builds with a fixed lane count: 4 lanes (8 channels a warp, up to 8 entries a lane at N 32) and 16 (N 1 leaves 15
-# lanes of a channel idle; N 100 and 128 give 8 entries a lane).
-LANES4 = KernelOptions(lanes_per_channel=4, max_state=32)
-LANES16 = KernelOptions(lanes_per_channel=16, max_state=128)
+# lanes of a channel idle; N 100 and 128 give 8 entries a lane), each with the forward-side options that do not
+# change the layout: silu(z) staged with the tile.
+FORWARD_OPTIONS = {"precompute_gates": True}
+LANES4 = KernelOptions(lanes_per_channel=4, max_state=32, **FORWARD_OPTIONS)
+LANES16 = KernelOptions(lanes_per_channel=16, max_state=128, **FORWARD_OPTIONS)
 LANE_CASES = {  # L never a multiple of the chunk; D / G above the block's channels: several blocks per group
     "lanes4-N1": (LANES4, ScanCase(1, 7, 20, 1, grouped=False), torch.float32),
     "lanes4-N4-80ch-2groups": (LANES4, ScanCase(2, 80, 37, 4, 2, with_init=False), torch.float32),
+    "lanes4-N4-20blocks": (LANES4, ScanCase(1, 640, 19, 4, 2, with_init=False), torch.float32),
     "lanes4-N16-3groups": (LANES4, ScanCase(1, 96, 19, 16, 3, softplus=False), torch.float32),
     "lanes4-N20": (LANES4, ScanCase(1, 40, 21, 20, with_z=False), torch.float32),
     "lanes4-N32-bf16": (LANES4, ScanCase(2, 36, 35, 32, 2), torch.bfloat16),

@@ -36,6 +36,7 @@ static_assert(kLanesPerChannel == 0 || kLanesPerChannel == 4 || kLanesPerChannel
                   kLanesPerChannel == 32, "PNA_CUDA_LANES_PER_CHANNEL must be 0, 4, 8, 16 or 32");
 static_assert(kLanesPerChannel == 0 || kMaxState <= 8 * kLanesPerChannel,
               "a lane holds at most 8 state entries: PNA_CUDA_MAX_STATE <= 8 * PNA_CUDA_LANES_PER_CHANNEL");
+constexpr bool kPrecomputeGates = PNA_CUDA_PRECOMPUTE_GATES != 0;  // silu(z) staged with the tile (forward)
 
 // How the channels of one batch row are split into blocks.
 struct Layout {
@@ -118,6 +119,8 @@ __device__ inline float sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
 
 // e log e with 0 log 0 = 0.
 __device__ inline float xlogx(float e) { return e > 0.f ? e * logf(e) : 0.f; }
+// silu(z) = z sigmoid(z), the output gate.
+__device__ inline float silu(float z) { return z * sigmoid(z); }
 
 // Sum over the `width` lanes (a power of two) that share a channel; every lane gets the sum.
 __device__ inline float channel_sum(float v, int width) {

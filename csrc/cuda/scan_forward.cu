@@ -11,6 +11,10 @@
 // channel_partials (batch, n_dblocks, L, N), which combine_sums.cu adds over blocks and divides by D. The state
 // before every kChunk steps goes to the checkpoints; no per-step state is stored.
 //
+// softplus(delta + bias) is computed once per element while a tile is staged; with precompute_gates
+// (PNA_CUDA_PRECOMPUTE_GATES) so is the gate silu(z), which otherwise lane 0 of each channel computes at every step
+// while the channel's other lanes wait.
+//
 // The plain build (PNA_CUDA_PLAIN, the baseline that isolates the cost of fusion) drops the entropy, halt and
 // channel-mean sums, their shared memory and the combine kernels: it writes out, last_state and the checkpoints
 // (one state per chunk, which the backward needs) and leaves entropy, halt_logits, entropy_sums and channel_mean
@@ -99,7 +103,8 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ForwardParams p)
         s_u[c * W + t] = to_float(u[at]);
         const float x = to_float(delta[at]) + p.a.delta_bias[pos.d0 + c];
         s_dt[c * W + t] = p.a.delta_softplus ? softplus(x) : x;
-        s_z[c * W + t] = has_z ? to_float(z[at]) : 0.f;
+        const float zz = has_z ? to_float(z[at]) : 0.f;
+        s_z[c * W + t] = kPrecomputeGates ? silu(zz) : zz;
       }
     }
     for (int i = threadIdx.x; i < N * TILE; i += kThreads) {
@@ -152,10 +157,7 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ForwardParams p)
       }
       if (pos.j == 0 && pos.active) {
         float y = yp + d_skip * uu;
-        if (has_z) {
-          const float zz = s_z[pos.c * W + t];
-          y *= zz * sigmoid(zz);
-        }
+        if (has_z) y *= kPrecomputeGates ? s_z[pos.c * W + t] : silu(s_z[pos.c * W + t]);
         s_y[pos.c * W + t] = y;
       }
       if (!kPlain && (slot == kSumSteps - 1 || t == tl - 1)) {  // add up the staged steps: a warp per (sum, step)

@@ -69,7 +69,7 @@ __global__ void __launch_bounds__(kThreads) state_update_kernel(StepParams p) {
     float y = yp + p.a.D[pos.d] * xx;
     if (p.a.z != nullptr) {
       const float zz = to_float(static_cast<const T*>(p.a.z)[bd]);
-      y *= zz * sigmoid(zz);
+      y *= silu(zz);
     }
     static_cast<T*>(p.r.y)[bd] = from_float<T>(y);
   }
