@@ -73,8 +73,8 @@ def test_plain_matches_oracle(case, dtype):
 
 # Builds with a fixed lane count: 4 lanes (8 channels a warp, up to 8 entries a lane at N 32) and 16 (N 1 leaves 15
 # lanes of a channel idle; N 100 and 128 give 8 entries a lane), each with the forward-side options that do not
-# change the layout: silu(z) staged with the tile.
-FORWARD_OPTIONS = {"precompute_gates": True}
+# change the layout: silu(z) staged with the tile and the SFU log2 (std::log2 under emulation).
+FORWARD_OPTIONS = {"precompute_gates": True, "fast_log2": True}
 LANES4 = KernelOptions(lanes_per_channel=4, max_state=32, **FORWARD_OPTIONS)
 LANES16 = KernelOptions(lanes_per_channel=16, max_state=128, **FORWARD_OPTIONS)
 LANE_CASES = {  # L never a multiple of the chunk; D / G above the block's channels: several blocks per group

@@ -33,6 +33,8 @@
 #define blockIdx emu_block_index
 
 using std::isfinite;
+// The SFU's approximate log2 (fast_log2), as the precise one.
+inline float __log2f(float x) { return std::log2(x); }
 using std::max;
 using std::min;
 

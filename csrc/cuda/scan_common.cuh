@@ -37,6 +37,8 @@ static_assert(kLanesPerChannel == 0 || kLanesPerChannel == 4 || kLanesPerChannel
 static_assert(kLanesPerChannel == 0 || kMaxState <= 8 * kLanesPerChannel,
               "a lane holds at most 8 state entries: PNA_CUDA_MAX_STATE <= 8 * PNA_CUDA_LANES_PER_CHANNEL");
 constexpr bool kPrecomputeGates = PNA_CUDA_PRECOMPUTE_GATES != 0;  // silu(z) staged with the tile (forward)
+constexpr bool kFastLog2 = PNA_CUDA_FAST_LOG2 != 0;                // xlogx by the SFU's log2
+constexpr float kLn2 = 0.6931471805599453f;
 
 // How the channels of one batch row are split into blocks.
 struct Layout {
@@ -117,8 +119,13 @@ __device__ inline __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __fl
 __device__ inline float softplus(float x) { return x > 20.f ? x : log1pf(expf(x)); }
 __device__ inline float sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
 
-// e log e with 0 log 0 = 0.
-__device__ inline float xlogx(float e) { return e > 0.f ? e * logf(e) : 0.f; }
+// e log e with 0 log 0 = 0. With fast_log2 the logarithm is the SFU's approximate log2 (__log2f, lg2.approx.f32:
+// the build does not flush denormals, so a denormal e keeps its finite logarithm) times ln 2.
+__device__ inline float xlogx(float e) {
+  if (!(e > 0.f)) return 0.f;
+  if constexpr (kFastLog2) return e * (__log2f(e) * kLn2);
+  return e * logf(e);
+}
 // silu(z) = z sigmoid(z), the output gate.
 __device__ inline float silu(float z) { return z * sigmoid(z); }
 
