@@ -12,30 +12,20 @@ import dataclasses
 import pytest
 import torch
 
+from test_cuda_compile import nvcc, run
+
+from pna_kernels import cuda as cuda_backend
 from pna_kernels.contract import ScanArgs, tensor_fields
 from pna_kernels.cuda_emulation import emulated_library
 from pna_kernels.cuda_options import DEFAULT, KernelOptions
 from pna_kernels.testing import (
     RTOL, ScanCase, assert_bitwise_equal, assert_close_rel, assert_kernel_step_matches_oracle,
-    assert_kernels_match_oracle, kernel_oracle, run_kernels, scan_args, scan_cotangents, state_update_args,
+    assert_kernels_match_oracle, assert_non_finite_state_gives_nan_entropy, kernel_oracle, run_kernels, scan_args,
+    scan_cotangents, state_update_args,
 )
 
 SEED_VARIABLE = "PNA_CUDA_EMULATION_SEED"
 BLOCK_THREADS = 128  # kThreads of csrc/cuda/scan_common.cuh
-
-
-@pytest.mark.parametrize("options", [DEFAULT], ids=lambda o: o.name())
-def test_block_order_does_not_change_results(options, monkeypatch):
-    """The emulation runs the blocks in another order for another seed; every reduction is in a fixed order, so
-    the forward and the gradients are bitwise the same (N 4 at 80 channels: several blocks per group)."""
-    library = emulated_library(options)
-    args = scan_args(ScanCase(2, 80, 37, 4, 2).inputs(), True, options.chunk)
-    cot = scan_cotangents(args)
-    runs = []
-    for seed in ("1", "2"):
-        monkeypatch.setenv(SEED_VARIABLE, seed)
-        runs.append(run_kernels(library.scan_forward, library.scan_backward, args, cot))
-    assert_bitwise_equal(*runs)
 
 
 PLAIN = KernelOptions(plain=True)
@@ -73,8 +63,8 @@ def test_plain_matches_oracle(case, dtype):
 
 # Builds with a fixed lane count: 4 lanes (8 channels a warp, up to 8 entries a lane at N 32) and 16 (N 1 leaves 15
 # lanes of a channel idle; N 100 and 128 give 8 entries a lane), each with the forward-side options that do not
-# change the layout: silu(z) staged with the tile and the SFU log2 (std::log2 under emulation).
-FORWARD_OPTIONS = {"precompute_gates": True, "fast_log2": True}
+# change the layout: silu(z) staged with the tile, the SFU log2 (std::log2 under emulation) and the tiled combine.
+FORWARD_OPTIONS = {"precompute_gates": True, "fast_log2": True, "parallel_combine": True}
 LANES4 = KernelOptions(lanes_per_channel=4, max_state=32, **FORWARD_OPTIONS)
 LANES16 = KernelOptions(lanes_per_channel=16, max_state=128, **FORWARD_OPTIONS)
 LANE_CASES = {  # L never a multiple of the chunk; D / G above the block's channels: several blocks per group
@@ -104,3 +94,36 @@ def test_fixed_lanes_match_oracle(options, case, dtype):
     assert_kernels_match_oracle(library.scan_forward, library.scan_backward, args, RTOL[dtype])
     assert_kernel_step_matches_oracle(library.state_update, state_update_args(case.inputs(dtype), 3, case.softplus),
                                       RTOL[dtype])
+
+
+@pytest.mark.parametrize("options", [DEFAULT, LANES4], ids=lambda o: o.name())
+def test_block_order_does_not_change_results(options, monkeypatch):
+    """The emulation runs the blocks in another order for another seed; every reduction is in a fixed order (the
+    tiled combine's too), so the forward and the gradients are bitwise the same. N 4 at 320 channels in 2 groups:
+    10 blocks a row, more than the combine's 8 slices."""
+    library = emulated_library(options)
+    args = scan_args(ScanCase(2, 320, 21, 4, 2).inputs(), True, options.chunk)
+    cot = scan_cotangents(args)
+    runs = []
+    for seed in ("1", "2"):
+        monkeypatch.setenv(SEED_VARIABLE, seed)
+        runs.append(run_kernels(library.scan_forward, library.scan_backward, args, cot))
+    assert_bitwise_equal(*runs)
+
+
+@pytest.mark.parametrize("value", [float("nan"), 1e30], ids=["nan", "overflow"])
+def test_non_finite_state_gives_nan_entropy(value):
+    """With the SFU log2 and the tiled combine, a NaN or overflowing state still gives NaN entropy (scan and
+    decode step), and the other batch row stays finite."""
+    library = emulated_library(LANES4)
+    assert_non_finite_state_gives_nan_entropy(library.scan_forward, library.state_update,
+                                              ScanCase(2, 4, 3, 4).inputs(), LANES4.chunk, value)
+
+
+@pytest.mark.parametrize("options", [PLAIN, LANES4], ids=lambda o: o.name())
+def test_variant_compiles_for_sm90(options, tmp_path):
+    """Every kernel file of the variant in one nvcc call for sm_90, warnings as errors (the defaults are compiled
+    for sm_80 and sm_90 by tests/test_cuda_compile.py)."""
+    run([nvcc(), "-c", "-O3", "-std=c++17", *options.defines(), "-gencode", "arch=compute_90,code=sm_90",
+         "--threads", "0", "-Werror", "all-warnings", "-Xcompiler", "-Wall,-Wextra,-Werror", "-odir", str(tmp_path),
+         *map(str, cuda_backend.kernel_sources())])
