@@ -24,11 +24,13 @@ them is checked on the CPU against the float64 oracle by host emulation (tests/t
                        per channel block and sums them afterwards (today's kernels); "wide_blocks" runs up to 4
                        channel blocks of a group in one CUDA block that adds their dB, dC in shared memory in a
                        fixed order first, so up to 4x fewer slabs (pna_cuda_dbdc_slabs gives their number)
-    plain              the baseline that isolates the cost of fusion: no entropy, halt or channel mean in the
-                       forward; no entropy / halt / channel-mean terms in the backward, which reads neither their
-                       cotangents nor the saved entropy sums (the gradients of out and last_state alone: the
-                       halt_weight one is 0). The forward still writes the checkpoints (one state per chunk), which
-                       the backward recomputes from
+    plain              the baseline that isolates the cost of fusion: the forward computes no entropy, halt or
+                       channel mean (no per-step sums, no combine kernels) and writes out, last_state and the
+                       checkpoints only (one state per chunk, which the backward recomputes from; so checkpoints are
+                       NOT dropped), leaving entropy, halt_logits, entropy_sums and channel_mean unwritten; the
+                       backward has no entropy / halt / channel-mean terms and reads neither their cotangents nor
+                       the saved entropy sums (the gradients of out and last_state only: halt_weight's is 0); the
+                       decode step (state_update) is unchanged
 """
 from __future__ import annotations
 

@@ -24,7 +24,7 @@
 // warps' dB/dC together, so one slab per CUDA block.
 #include "scan_common.cuh"
 
-#if !defined(PNA_CUDA_REUSE_DECAY) || !defined(PNA_CUDA_DBDC_REDUCTION) || !defined(PNA_CUDA_PLAIN)
+#if !defined(PNA_CUDA_REUSE_DECAY) || !defined(PNA_CUDA_DBDC_REDUCTION)
 #error "compile with every -D flag of pna_kernels/cuda_options.KernelOptions.defines()"
 #endif
 #if PNA_CUDA_DBDC_REDUCTION < 0 || PNA_CUDA_DBDC_REDUCTION > 1
@@ -105,7 +105,6 @@ __global__ void __launch_bounds__(kThreads * max_subs(NPT)) scan_backward_kernel
   constexpr int W = kChunk + 1;
   constexpr int kFlush = flush_steps(NPT);
   constexpr bool kReuse = reuse_decay(NPT);
-  constexpr bool kPlain = PNA_CUDA_PLAIN != 0;
   extern __shared__ float smem[];
   const Shape& s = p.s;
   const int subs = p.plan.subs, threads = subs * kThreads;

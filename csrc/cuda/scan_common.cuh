@@ -3,10 +3,11 @@
 // scan_kernels.h.
 //
 // Thread layout (every kernel): a block of kThreads threads owns one batch row and a block of channels that lies
-// inside one B/C group. The tpc = min(max(next_pow2(N), 4), 32) consecutive lanes of a warp share a channel and
-// lane j owns the state entries n = j, j + tpc, ..., j + (NPT - 1) * tpc (NPT: ceil(N / tpc) rounded up to 1, 2, 4
-// or 8, a template parameter, so the entries live in registers), so a channel's sums over n are warp shuffles and
-// the block holds kThreads / tpc channels. Blocks never straddle a group, so every block reads one group's B and C.
+// inside one B/C group. tpc consecutive lanes of a warp share a channel: min(max(next_pow2(N), 4), 32), or the
+// build's PNA_CUDA_LANES_PER_CHANNEL when that is not 0. Lane j owns the state entries n = j, j + tpc, ...,
+// j + (NPT - 1) * tpc (NPT: ceil(N / tpc) rounded up to 1, 2, 4 or 8, a template parameter, so the entries live in
+// registers), so a channel's sums over n are warp shuffles and the block holds kThreads / tpc channels. Blocks
+// never straddle a group, so every block reads one group's B and C.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -28,10 +29,21 @@ static_assert(kMaxState >= 1 && kMaxState <= 256, "a channel's state must fit 32
 // from that checkpoint into shared memory (pna_kernels/cuda.py's CHUNK_SIZE, passed as PNA_CUDA_CHUNK).
 constexpr int kChunk = PNA_CUDA_CHUNK;
 constexpr float kLog2e = 1.4426950408889634f;
+// Forward-side kernel options (pna_kernels/cuda_options.py), as constants for `if constexpr`.
+constexpr bool kPlain = PNA_CUDA_PLAIN != 0;  // the forward writes out, last_state and checkpoints only
+constexpr int kLanesPerChannel = PNA_CUDA_LANES_PER_CHANNEL;  // 0: chosen from N (make_layout)
+static_assert(kLanesPerChannel == 0 || kLanesPerChannel == 4 || kLanesPerChannel == 8 || kLanesPerChannel == 16 ||
+                  kLanesPerChannel == 32, "PNA_CUDA_LANES_PER_CHANNEL must be 0, 4, 8, 16 or 32");
+static_assert(kLanesPerChannel == 0 || kMaxState <= 8 * kLanesPerChannel,
+              "a lane holds at most 8 state entries: PNA_CUDA_MAX_STATE <= 8 * PNA_CUDA_LANES_PER_CHANNEL");
+constexpr bool kPrecomputeGates = PNA_CUDA_PRECOMPUTE_GATES != 0;  // silu(z) staged with the tile (forward)
+constexpr bool kFastLog2 = PNA_CUDA_FAST_LOG2 != 0;                // xlogx by the SFU's log2
+constexpr bool kParallelCombine = PNA_CUDA_PARALLEL_COMBINE != 0;  // combine_sums.cu's tiled block sums
+constexpr float kLn2 = 0.6931471805599453f;
 
 // How the channels of one batch row are split into blocks.
 struct Layout {
-  int tpc;               // lanes per channel (a power of two, 4..32)
+  int tpc;               // lanes per channel (a power of two, 4..32; kLanesPerChannel when that is not 0)
   int npt;               // state entries per lane (1, 2, 4 or 8)
   int cpb;               // channels per block = kThreads / tpc
   int blocks_per_group;  // ceil((D / G) / cpb)
@@ -42,7 +54,7 @@ inline Layout make_layout(int dim, int groups, int dstate) {
   Layout l;
   int p = 4;
   while (p < dstate && p < 32) p *= 2;
-  l.tpc = p;
+  l.tpc = kLanesPerChannel != 0 ? kLanesPerChannel : p;
   int npt = (dstate + l.tpc - 1) / l.tpc;
   l.npt = npt <= 1 ? 1 : npt <= 2 ? 2 : npt <= 4 ? 4 : 8;
   l.cpb = kThreads / l.tpc;
@@ -112,8 +124,15 @@ __device__ inline __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __fl
 __device__ inline float softplus(float x) { return x > 20.f ? x : log1pf(expf(x)); }
 __device__ inline float sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
 
-// e log e with 0 log 0 = 0.
-__device__ inline float xlogx(float e) { return e > 0.f ? e * logf(e) : 0.f; }
+// e log e with 0 log 0 = 0. With fast_log2 the logarithm is the SFU's approximate log2 (__log2f, lg2.approx.f32:
+// the build does not flush denormals, so a denormal e keeps its finite logarithm) times ln 2.
+__device__ inline float xlogx(float e) {
+  if (!(e > 0.f)) return 0.f;
+  if constexpr (kFastLog2) return e * (__log2f(e) * kLn2);
+  return e * logf(e);
+}
+// silu(z) = z sigmoid(z), the output gate.
+__device__ inline float silu(float z) { return z * sigmoid(z); }
 
 // Sum over the `width` lanes (a power of two) that share a channel; every lane gets the sum.
 __device__ inline float channel_sum(float v, int width) {

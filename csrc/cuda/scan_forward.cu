@@ -11,6 +11,15 @@
 // channel_partials (batch, n_dblocks, L, N), which combine_sums.cu adds over blocks and divides by D. The state
 // before every kChunk steps goes to the checkpoints; no per-step state is stored.
 //
+// softplus(delta + bias) is computed once per element while a tile is staged; with precompute_gates
+// (PNA_CUDA_PRECOMPUTE_GATES) so is the gate silu(z), which otherwise lane 0 of each channel computes at every step
+// while the channel's other lanes wait.
+//
+// The plain build (PNA_CUDA_PLAIN, the baseline that isolates the cost of fusion) drops the entropy, halt and
+// channel-mean sums, their shared memory and the combine kernels: it writes out, last_state and the checkpoints
+// (one state per chunk, which the backward needs) and leaves entropy, halt_logits, entropy_sums and channel_mean
+// unwritten.
+//
 // Why a lane per state entry rather than mamba's threads-along-L block scan: for batch 8, L 2048, D 1536, N 16
 // this gives 8 * 192 = 1536 blocks of 128 threads (about 12 per H100 SM), every lane's recurrence is a plain
 // fused multiply-add chain with no scan over L, the per-step entropy sums need no extra pass over a state that
@@ -33,9 +42,10 @@ struct ForwardParams {
 };
 
 size_t forward_shared_bytes(const Layout& l, int dstate, bool with_mean) {
-  const int tile = forward_tile(l.npt);
+  const size_t tiles = static_cast<size_t>(4 * l.cpb + 2 * dstate) * (forward_tile(l.npt) + 1);
+  if (kPlain) return sizeof(float) * tiles;
   const size_t mean = with_mean ? static_cast<size_t>(kSumSteps) * kWarps * dstate : 0;
-  return sizeof(float) * ((4 * l.cpb + 2 * dstate) * (tile + 1) + 3 * kSumSteps * kThreads + mean);
+  return sizeof(float) * (tiles + 3 * kSumSteps * kThreads + mean);
 }
 
 template <typename T, int NPT>
@@ -54,7 +64,7 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ForwardParams p)
   float* s_C = s_B + N * W;
   float* s_sums = s_C + N * W;  // [3][kSumSteps][kThreads]: each lane's S1, S2, halt shares per step
   float* s_mean = s_sums + 3 * kSumSteps * kThreads;  // [kSumSteps][kWarps][N]: each warp's sums over channels
-  const bool with_mean = p.a.with_channel_mean != 0;
+  const bool with_mean = !kPlain && p.a.with_channel_mean != 0;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
   float a2[NPT], hw[NPT], h[NPT];
@@ -93,7 +103,8 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ForwardParams p)
         s_u[c * W + t] = to_float(u[at]);
         const float x = to_float(delta[at]) + p.a.delta_bias[pos.d0 + c];
         s_dt[c * W + t] = p.a.delta_softplus ? softplus(x) : x;
-        s_z[c * W + t] = has_z ? to_float(z[at]) : 0.f;
+        const float zz = has_z ? to_float(z[at]) : 0.f;
+        s_z[c * W + t] = kPrecomputeGates ? silu(zz) : zz;
       }
     }
     for (int i = threadIdx.x; i < N * TILE; i += kThreads) {
@@ -121,10 +132,12 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ForwardParams p)
           const int n = pos.j + k * tpc;
           h[k] = exp2f(dt * a2[k]) * h[k] + dt * s_B[n * W + t] * uu;
           yp += s_C[n * W + t] * h[k];
-          const float e = h[k] * h[k];
-          s1 += e;
-          s2 += xlogx(e);
-          hs += hw[k] * h[k];
+          if constexpr (!kPlain) {
+            const float e = h[k] * h[k];
+            s1 += e;
+            s2 += xlogx(e);
+            hs += hw[k] * h[k];
+          }
         }
       }
       yp = channel_sum(yp, tpc);
@@ -137,18 +150,17 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ForwardParams p)
           if (lane < tpc && n < N) s_mean[(slot * kWarps + warp) * N + n] = v;
         }
       }
-      s_sums[(0 * kSumSteps + slot) * kThreads + threadIdx.x] = s1;
-      s_sums[(1 * kSumSteps + slot) * kThreads + threadIdx.x] = s2;
-      s_sums[(2 * kSumSteps + slot) * kThreads + threadIdx.x] = hs;
+      if constexpr (!kPlain) {
+        s_sums[(0 * kSumSteps + slot) * kThreads + threadIdx.x] = s1;
+        s_sums[(1 * kSumSteps + slot) * kThreads + threadIdx.x] = s2;
+        s_sums[(2 * kSumSteps + slot) * kThreads + threadIdx.x] = hs;
+      }
       if (pos.j == 0 && pos.active) {
         float y = yp + d_skip * uu;
-        if (has_z) {
-          const float zz = s_z[pos.c * W + t];
-          y *= zz * sigmoid(zz);
-        }
+        if (has_z) y *= kPrecomputeGates ? s_z[pos.c * W + t] : silu(s_z[pos.c * W + t]);
         s_y[pos.c * W + t] = y;
       }
-      if (slot == kSumSteps - 1 || t == tl - 1) {  // add up the staged steps: one warp per (sum, step)
+      if (!kPlain && (slot == kSumSteps - 1 || t == tl - 1)) {  // add up the staged steps: a warp per (sum, step)
         __syncthreads();
         const int steps = slot + 1, first = t0 + t - slot;
         for (int row = warp; row < 3 * steps; row += kWarps) {
@@ -171,6 +183,7 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ForwardParams p)
       }
     }
 
+    if constexpr (kPlain) __syncthreads();  // s_y complete (otherwise the last flush's barriers see to it)
     for (int i = threadIdx.x; i < pos.nch * TILE; i += kThreads) {
       const int c = i / TILE, t = i % TILE;
       if (t < tl) out[static_cast<size_t>(c) * L + t0 + t] = from_float<T>(s_y[c * W + t]);
@@ -215,6 +228,7 @@ extern "C" const char* pna_cuda_scan_forward(const PnaScanArgs* args, const PnaS
     kernel<<<grid, kThreads, shared, stream>>>(p);
     return cudaGetLastError();
   });
+  if (kPlain) return error_string(err);
   if (err == cudaSuccess)
     err = launch_combine_sums(result->partials, a.halt_bias, a.batch, p.s.layout.n_dblocks, a.length,
                               result->entropy, result->halt_logits, result->entropy_sums, stream);

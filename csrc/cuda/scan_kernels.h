@@ -17,6 +17,11 @@
 #if !defined(PNA_CUDA_CHUNK) || !defined(PNA_CUDA_MAX_STATE)
 #error "compile with -DPNA_CUDA_CHUNK=<steps per chunk> -DPNA_CUDA_MAX_STATE=<max N> (see pna_kernels/cuda.py)"
 #endif
+// The forward-side kernel options (pna_kernels/cuda_options.py: KernelOptions.defines() passes every one).
+#if !defined(PNA_CUDA_PLAIN) || !defined(PNA_CUDA_LANES_PER_CHANNEL) || !defined(PNA_CUDA_PRECOMPUTE_GATES) || \
+    !defined(PNA_CUDA_FAST_LOG2) || !defined(PNA_CUDA_PARALLEL_COMBINE)
+#error "compile with every -D flag of pna_kernels/cuda_options.py's KernelOptions.defines() (PNA_CUDA_PLAIN, ...)"
+#endif
 
 extern "C" {
 

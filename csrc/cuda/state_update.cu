@@ -15,9 +15,10 @@ struct StepParams {
 
 template <typename T, int NPT>
 __global__ void __launch_bounds__(kThreads) state_update_kernel(StepParams p) {
-  __shared__ float s_red[3][kWarps];
-  __shared__ float s_mean[kWarps][kMaxState];  // each warp's sums of the new state over its channels
+  extern __shared__ float smem[];
   const Shape& s = p.s;
+  float* s_red = smem;                 // [3][kWarps]: each warp's S1, S2, halt sums
+  float* s_mean = s_red + 3 * kWarps;  // [kWarps][N]: each warp's sums of the new state over its channels
   const BlockPos pos = block_pos(s);
   const int tpc = s.layout.tpc, N = s.dstate, D = s.dim;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -54,33 +55,33 @@ __global__ void __launch_bounds__(kThreads) state_update_kernel(StepParams p) {
   for (int k = 0; k < NPT; ++k) {
     const float v = across_channels_sum(hv[k], tpc);  // entries that do not exist hold 0
     const int n = pos.j + k * tpc;
-    if (lane < tpc && n < N) s_mean[warp][n] = v;
+    if (lane < tpc && n < N) s_mean[warp * N + n] = v;
   }
   s1 = warp_sum(s1);
   s2 = warp_sum(s2);
   hs = warp_sum(hs);
   if (lane == 0) {
-    s_red[0][warp] = s1;
-    s_red[1][warp] = s2;
-    s_red[2][warp] = hs;
+    s_red[0 * kWarps + warp] = s1;
+    s_red[1 * kWarps + warp] = s2;
+    s_red[2 * kWarps + warp] = hs;
   }
   if (pos.j == 0 && pos.active) {
     float y = yp + p.a.D[pos.d] * xx;
     if (p.a.z != nullptr) {
       const float zz = to_float(static_cast<const T*>(p.a.z)[bd]);
-      y *= zz * sigmoid(zz);
+      y *= silu(zz);
     }
     static_cast<T*>(p.r.y)[bd] = from_float<T>(y);
   }
   __syncthreads();
   if (threadIdx.x < 3) {
     float v = 0.f;
-    for (int w = 0; w < kWarps; ++w) v += s_red[threadIdx.x][w];
+    for (int w = 0; w < kWarps; ++w) v += s_red[threadIdx.x * kWarps + w];
     p.r.partials[(static_cast<size_t>(threadIdx.x) * s.batch + pos.b) * s.layout.n_dblocks + pos.blk] = v;
   }
   for (int n = threadIdx.x; n < N; n += kThreads) {
     float v = 0.f;
-    for (int w = 0; w < kWarps; ++w) v += s_mean[w][n];
+    for (int w = 0; w < kWarps; ++w) v += s_mean[w * N + n];
     p.r.channel_partials[(static_cast<size_t>(pos.b) * s.layout.n_dblocks + pos.blk) * N + n] = v;
   }
 }
@@ -96,8 +97,9 @@ extern "C" const char* pna_cuda_state_update(const PnaStateUpdateArgs* args, con
   const StepParams p{Shape{a.batch, a.dim, 1, a.dstate, a.groups, make_layout(a.dim, a.groups, a.dstate)}, a,
                      *result};
   const dim3 grid(p.s.layout.n_dblocks, a.batch);
+  const size_t shared = sizeof(float) * kWarps * (3 + static_cast<size_t>(a.dstate));
   cudaError_t err = dispatch(a.dtype, p.s.layout.npt, [&](auto tag, auto npt) {
-    state_update_kernel<decltype(tag), decltype(npt)::value><<<grid, kThreads, 0, stream>>>(p);
+    state_update_kernel<decltype(tag), decltype(npt)::value><<<grid, kThreads, shared, stream>>>(p);
     return cudaGetLastError();
   });
   if (err == cudaSuccess)
