@@ -4,9 +4,10 @@
 the backend contract, forward and every gradient, at shapes that stress the option: N 1 to 256 where the build
 allows it, 1-3 groups, L not a multiple of the chunk, a group's last wide block with spare sub-blocks, bf16.
 
-Three builds cover the options (those that do not interact share one): chunk 32 with reuse_decay (every N <= 64
+Four builds cover the options (those that do not interact share one): chunk 32 with reuse_decay (every N <= 64
 reuses its decays) and wide_blocks; chunk 64 with reuse_decay (reused for N <= 32, exponentiated twice at N 64)
-and the per-block partials; plain with wide_blocks at chunk 16 (N up to 256)."""
+and the per-block partials; plain with wide_blocks at chunk 16 (N up to 256); reuse_decay at chunk 16 (reused up
+to N 128)."""
 from __future__ import annotations
 
 import dataclasses
@@ -29,7 +30,8 @@ from pna_kernels.testing import (
 CHUNK32 = KernelOptions(chunk=32, max_state=64, reuse_decay=True, dbdc_reduction="wide_blocks")
 CHUNK64 = KernelOptions(chunk=64, max_state=64, reuse_decay=True)
 PLAIN = KernelOptions(plain=True, dbdc_reduction="wide_blocks")
-BUILDS = (CHUNK32, CHUNK64, PLAIN)
+REUSE16 = KernelOptions(reuse_decay=True)
+BUILDS = (CHUNK32, CHUNK64, PLAIN, REUSE16)
 
 # Shapes for every build (N <= 64: the long chunks' limit); L 100 leaves a partial last chunk at 16, 32 and 64.
 COMMON_CASES = {
@@ -40,10 +42,16 @@ COMMON_CASES = {
     "N64-2groups-bf16": (ScanCase(1, 6, 100, 64, 2), torch.bfloat16),
     "N64-no-softplus-no-mean": (ScanCase(2, 3, 37, 64, softplus=False, with_channel_mean=False), torch.float32),
 }
-# Above the long chunks' limit: the chunk-16 build only.
+# Above the long chunks' limit: the chunk-16 builds only.
 WIDE_N_CASES = {
     "N100-3groups": (ScanCase(1, 9, 19, 100, 3, softplus=False), torch.float32),
     "N256-fp16": (ScanCase(1, 6, 21, 256, 2, with_z=False), torch.float16),
+}
+# reuse_decay at chunk 16: 4 entries a lane (N 100, 128) reuse their decays, 8 (N 256) exponentiate twice.
+REUSE16_CASES = {
+    "N16-2groups": (ScanCase(2, 6, 37, 16, 2), torch.float32),
+    "N128-bf16": (ScanCase(1, 9, 21, 128, 3), torch.bfloat16),
+    **WIDE_N_CASES,
 }
 
 
@@ -56,8 +64,8 @@ def test_option_build_compiles_for_sm90(options, tmp_path):
          str(cuda_backend.SOURCE_DIR / "scan_backward.cu")])
 
 
-def _cases(options: KernelOptions):
-    cases = {**COMMON_CASES, **(WIDE_N_CASES if options.chunk == 16 else {})}
+def _cases(options: KernelOptions, cases: dict | None = None):
+    cases = cases or {**COMMON_CASES, **(WIDE_N_CASES if options.chunk == 16 else {})}
     return [pytest.param(options, case, dtype, id=f"{options.name()}-{name}")
             for name, (case, dtype) in cases.items()]
 
@@ -66,7 +74,7 @@ def _args(options: KernelOptions, case: ScanCase, dtype: torch.dtype, with_chann
     return scan_args(case.inputs(dtype), case.softplus, options.chunk, with_channel_mean)
 
 
-@pytest.mark.parametrize("options,case,dtype", [*_cases(CHUNK32), *_cases(CHUNK64)])
+@pytest.mark.parametrize("options,case,dtype", [*_cases(CHUNK32), *_cases(CHUNK64), *_cases(REUSE16, REUSE16_CASES)])
 def test_long_chunk_and_reuse_decay_match_oracle(options, case, dtype):
     """chunk 32 / 64, reuse_decay and wide_blocks: forward (the checkpoints the forward writes every `chunk` steps
     included) and every gradient, the channel mean and its cotangent included where the case asks for it."""
