@@ -19,20 +19,21 @@ them is checked on the CPU against the float64 oracle by host emulation (tests/t
                        of exponentiating twice
     parallel_combine   the per-block entropy / halt / channel-mean partial sums are added by a warp per token
                        (fixed-order tree) instead of one thread walking every block
-    dbdc_reduction     how the backward reduces dB, dC over a group's channels: "partials" writes one (N, L) slab
-                       per channel block and sums them afterwards (today's kernels)
     forward_timesteps  the forward's second layout (mamba-ssm's): a thread owns consecutive timesteps of one channel
                        and loops over the state entries and the block's channels; the recurrence over the block's
                        threads is an exclusive scan of the steps' affine maps (warp shuffles, then the warps in
                        order), and y, S1, S2, the halt sum (and the channel-mean sum) of a step stay in the thread
                        that owns it; same channel blocks, outputs and checkpoints as the lane layout, so the backward
                        and the decode step are unchanged
+    dbdc_reduction     how the backward reduces dB, dC over a group's channels: "partials" writes one (N, L) slab
+                       per channel block and sums them afterwards (today's kernels)
     plain              the baseline that isolates the cost of fusion: the forward computes no entropy, halt or
                        channel mean (no per-step sums, no combine kernels) and writes out, last_state and the
                        checkpoints only (one state per chunk, which the backward recomputes from; so checkpoints are
                        NOT dropped), leaving entropy, halt_logits, entropy_sums and channel_mean unwritten; the
-                       backward has no entropy / halt terms (the gradients of out and last_state only); the decode
-                       step (state_update) is unchanged
+                       backward has no entropy / halt / channel-mean terms and reads neither their cotangents nor
+                       the saved entropy sums (the gradients of out and last_state only: halt_weight's is 0); the
+                       decode step (state_update) is unchanged
 """
 from __future__ import annotations
 
