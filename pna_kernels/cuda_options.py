@@ -20,6 +20,12 @@ them is checked on the CPU against the float64 oracle by host emulation (tests/t
                        <= 64, e.g. N <= 32 at chunk 64; elsewhere it exponentiates twice as before)
     parallel_combine   the per-block entropy / halt / channel-mean partial sums are added by a warp per token
                        (fixed-order tree) instead of one thread walking every block
+    forward_timesteps  the forward's second layout (mamba-ssm's): a thread owns consecutive timesteps of one channel
+                       and loops over the state entries and the block's channels; the recurrence over the block's
+                       threads is an exclusive scan of the steps' affine maps (warp shuffles, then the warps in
+                       order), and y, S1, S2, the halt sum (and the channel-mean sum) of a step stay in the thread
+                       that owns it; same channel blocks, outputs and checkpoints as the lane layout, so the backward
+                       and the decode step are unchanged
     dbdc_reduction     how the backward reduces dB, dC over a group's channels: "partials" writes one (N, L) slab
                        per channel block and sums them afterwards (today's kernels); "wide_blocks" runs up to 4
                        channel blocks of a group in one CUDA block that adds their dB, dC in shared memory in a
@@ -58,6 +64,7 @@ class KernelOptions:
     parallel_combine: bool = False
     dbdc_reduction: str = "partials"
     plain: bool = False
+    forward_timesteps: bool = False
 
     def __post_init__(self) -> None:
         if self.chunk not in CHUNKS:
@@ -74,7 +81,7 @@ class KernelOptions:
                              f"{8 * self.lanes_per_channel} state entries, but max_state is {self.max_state}")
         if self.dbdc_reduction not in DBDC_REDUCTIONS:
             raise ValueError(f"dbdc_reduction: expected one of {DBDC_REDUCTIONS}, got {self.dbdc_reduction!r}")
-        for name in ("precompute_gates", "fast_log2", "reuse_decay", "parallel_combine", "plain"):
+        for name in ("precompute_gates", "fast_log2", "reuse_decay", "parallel_combine", "plain", "forward_timesteps"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected a bool, got {getattr(self, name)!r}")
 

@@ -1,5 +1,5 @@
 """The forward-side kernel options (pna_kernels/cuda_options.py: plain, lanes_per_channel, precompute_gates,
-fast_log2, parallel_combine) under host emulation (pna_kernels/cuda_emulation.py): forward and every gradient
+fast_log2, parallel_combine, forward_timesteps) under host emulation (pna_kernels/cuda_emulation.py): forward and every gradient
 against the float64 oracle through the backend contract, at shapes that stress each option, with every output
 NaN-poisoned, the shared memory NaN-poisoned before every block and the blocks run in a shuffled order; plus an
 nvcc -Werror compile of the variants for sm_90, so one that does not build for the GPU fails here.
@@ -96,7 +96,32 @@ def test_fixed_lanes_match_oracle(options, case, dtype):
                                       RTOL[dtype])
 
 
-@pytest.mark.parametrize("options", [DEFAULT, LANES4], ids=lambda o: o.name())
+# The forward's second layout (a thread owns timesteps), with the options that touch its code; the backward and the
+# decode step are the lane layout's and run on its checkpoints and sums. A pass is 128 * tpc / 4 steps (128 at
+# N <= 4, 512 at N 16, 1024 at N > 16): L above it carries the state from one pass to the next.
+TIMESTEPS = KernelOptions(forward_timesteps=True, precompute_gates=True, fast_log2=True)
+TIMESTEP_CASES = {
+    "N1-ungrouped": (ScanCase(1, 7, 20, 1, grouped=False), torch.float32),
+    "N4-80ch-2groups-3passes": (ScanCase(2, 80, 300, 4, 2, with_init=False), torch.float32),
+    "N16-3groups": (ScanCase(1, 9, 41, 16, 3, softplus=False), torch.float32),
+    "N16-2passes": (ScanCase(1, 4, 530, 16, with_z=False), torch.float32),
+    "N64-2passes": (ScanCase(1, 2, 1030, 64, softplus=False), torch.float32),
+    "N64-no-mean": (ScanCase(2, 6, 37, 64, 2, with_channel_mean=False), torch.float32),
+    "N100": (ScanCase(1, 5, 17, 100, softplus=False), torch.float32),
+    "bf16-N16": (ScanCase(2, 6, 37, 16, 2), torch.bfloat16),
+}
+
+
+@pytest.mark.parametrize("case,dtype", TIMESTEP_CASES.values(), ids=TIMESTEP_CASES.keys())
+def test_timestep_layout_matches_oracle(case, dtype):
+    """The second forward layout: every output (the channel mean included) and, through its checkpoints and
+    entropy sums, every gradient against the float64 oracle."""
+    library = emulated_library(TIMESTEPS)
+    args = scan_args(case.inputs(dtype), case.softplus, TIMESTEPS.chunk, case.with_channel_mean)
+    assert_kernels_match_oracle(library.scan_forward, library.scan_backward, args, RTOL[dtype])
+
+
+@pytest.mark.parametrize("options", [DEFAULT, LANES4, TIMESTEPS], ids=lambda o: o.name())
 def test_block_order_does_not_change_results(options, monkeypatch):
     """The emulation runs the blocks in another order for another seed; every reduction is in a fixed order (the
     tiled combine's too), so the forward and the gradients are bitwise the same. N 4 at 320 channels in 2 groups:
@@ -120,7 +145,8 @@ def test_non_finite_state_gives_nan_entropy(value):
                                               ScanCase(2, 4, 3, 4).inputs(), LANES4.chunk, value)
 
 
-@pytest.mark.parametrize("options", [PLAIN, LANES4], ids=lambda o: o.name())
+@pytest.mark.parametrize("options", [PLAIN, LANES4, dataclasses.replace(TIMESTEPS, plain=True, parallel_combine=True)],
+                         ids=lambda o: o.name())
 def test_variant_compiles_for_sm90(options, tmp_path):
     """Every kernel file of the variant in one nvcc call for sm_90, warnings as errors (the defaults are compiled
     for sm_80 and sm_90 by tests/test_cuda_compile.py)."""

@@ -59,6 +59,15 @@ inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
   return other;
 }
 
+inline float __shfl_up_sync(unsigned, float v, unsigned delta) {
+  const unsigned warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  emu_lanes[warp][lane] = v;
+  emu_warp_barrier[warp]->arrive_and_wait();
+  const float other = lane >= delta ? emu_lanes[warp][lane - delta] : v;
+  emu_warp_barrier[warp]->arrive_and_wait();
+  return other;
+}
+
 // The order in which a launch visits its grid's blocks: a permutation of (x, y) drawn from the seed and the launch.
 inline std::vector<std::pair<unsigned, unsigned>> emu_block_order(dim3 grid) {
   std::vector<std::pair<unsigned, unsigned>> order;

@@ -39,6 +39,7 @@ static_assert(kLanesPerChannel == 0 || kMaxState <= 8 * kLanesPerChannel,
 constexpr bool kPrecomputeGates = PNA_CUDA_PRECOMPUTE_GATES != 0;  // silu(z) staged with the tile (forward)
 constexpr bool kFastLog2 = PNA_CUDA_FAST_LOG2 != 0;                // xlogx by the SFU's log2
 constexpr bool kParallelCombine = PNA_CUDA_PARALLEL_COMBINE != 0;  // combine_sums.cu's tiled block sums
+constexpr bool kForwardTimesteps = PNA_CUDA_FORWARD_TIMESTEPS != 0;  // scan_forward.cu's second layout
 constexpr float kLn2 = 0.6931471805599453f;
 
 // How the channels of one batch row are split into blocks.

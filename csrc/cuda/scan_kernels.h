@@ -19,7 +19,7 @@
 #endif
 // The forward-side kernel options (pna_kernels/cuda_options.py: KernelOptions.defines() passes every one).
 #if !defined(PNA_CUDA_PLAIN) || !defined(PNA_CUDA_LANES_PER_CHANNEL) || !defined(PNA_CUDA_PRECOMPUTE_GATES) || \
-    !defined(PNA_CUDA_FAST_LOG2) || !defined(PNA_CUDA_PARALLEL_COMBINE)
+    !defined(PNA_CUDA_FAST_LOG2) || !defined(PNA_CUDA_PARALLEL_COMBINE) || !defined(PNA_CUDA_FORWARD_TIMESTEPS)
 #error "compile with every -D flag of pna_kernels/cuda_options.py's KernelOptions.defines() (PNA_CUDA_PLAIN, ...)"
 #endif
 
