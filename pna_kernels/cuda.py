@@ -10,8 +10,9 @@ CUDA and any nvcc that targets the GPU work together; torch.version.cuda plays n
 Builds are cached on disk in PNA_CUDA_CACHE (else $XDG_CACHE_HOME/pna/cuda, else ~/.cache/pna/cuda). A library's
 file name carries its options' name and a hash of the sources, the -D flags, the gencode list and the nvcc version;
 beside it a manifest (<file>.json) records its architectures and a hash of the sources and -D flags only, so a
-library built elsewhere (prebuilt on a machine without a GPU, then carried) is found where no nvcc is. Builds run
-under jit.exclusive_build's file lock: concurrent processes build once and never see a half-written file.
+library built elsewhere (prebuilt on a machine without a GPU, then carried) is found where no nvcc is. Each build
+runs under jit.exclusive_build's file lock (one lock per library file, so different builds run in parallel) and
+moves its finished file into place: concurrent processes build once and never see a half-written file.
 
 The architectures: PNA_CUDA_ARCH (e.g. "90" or "80,90"), else TORCH_CUDA_ARCH_LIST (torch's "8.0;9.0+PTX"
 spelling), else the visible GPU's capability. A cached library whose architectures cover the GPU (the same major
@@ -190,7 +191,9 @@ def build(options: KernelOptions, archs: tuple[str, ...], directory: Path | None
     directory = cache_dir() if directory is None else Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / job.file_name()
-    with jit.exclusive_build(directory):
+    locks = directory / ".locks" / target.stem  # one lock per library: different builds run in parallel
+    locks.mkdir(parents=True, exist_ok=True)
+    with jit.exclusive_build(locks):
         if target.is_file() and target.with_suffix(".json").is_file() and not force:
             return target  # another process built it while this one waited
         work = Path(tempfile.mkdtemp(prefix=f".{target.stem}-", dir=directory))
@@ -229,7 +232,9 @@ def find_cached(options: KernelOptions, capability: tuple[int, int] | None, arch
 
 
 # ------------------------------------------------------------------------------------------------------ loading
-_OPENED: set[str] = set()  # paths dlopen'ed by this process (dlopen returns the old handle for a path it holds)
+# Paths dlopen'ed by this process and the (inode, mtime) they had: dlopen returns the handle it holds for a path,
+# so a library rebuilt in place since is loaded from a copy under a fresh name.
+_OPENED: dict[str, tuple[int, int]] = {}
 # What a library that does not load raises: not a library / missing file (OSError), a missing launcher
 # (AttributeError), a struct mirror of another size or a failed probe launch (RuntimeError).
 LOAD_ERRORS = (OSError, AttributeError, RuntimeError)
@@ -240,12 +245,13 @@ def open_library(path: Path, options: KernelOptions, device: torch.device | None
     device, also launch the decode step once on a 1x1x1 problem there, which fails without a kernel image for it.
     Raises one of LOAD_ERRORS."""
     path = Path(path)
-    if str(path) in _OPENED:  # rebuilt in place: load the new file under a name dlopen has not seen
-        fresh = Path(tempfile.mkdtemp(prefix="pna-cuda-reload-")) / path.name
+    stat = path.stat()
+    if _OPENED.get(str(path), (stat.st_ino, stat.st_mtime_ns)) != (stat.st_ino, stat.st_mtime_ns):
+        fresh = Path(tempfile.mkdtemp(prefix="pna-cuda-reload-")) / path.name  # rebuilt in place since
         shutil.copy(path, fresh)
         path = fresh
     handle = ctypes.CDLL(str(path))
-    _OPENED.add(str(path))
+    _OPENED[str(path)] = (stat.st_ino, stat.st_mtime_ns)
     library = KernelLibrary(handle, options)
     if device is not None and device.type == "cuda":
         _probe(library, device)

@@ -50,6 +50,8 @@ with open(os.environ["FAKE_NVCC_LOG"], "a") as log:
     log.write(" ".join(sys.argv[1:]) + "\\n")
 time.sleep(float(os.environ.get("FAKE_NVCC_SLEEP", "0")))
 out = sys.argv[sys.argv.index("-o") + 1]
+if os.environ.get("FAKE_NVCC_FAIL_ON", "-") in sys.argv:
+    sys.exit("scan_forward.cu(1): error: this variant does not compile")
 if os.environ.get("FAKE_NVCC_GARBAGE"):
     open(out, "w").write("not a library")
 else:
@@ -233,7 +235,7 @@ def test_concurrent_builders_build_once(toolkit, monkeypatch):
     assert len(paths) == 1 and len(toolkit.builds()) == 1
     lib = cuda_backend.open_library(Path(paths.pop()), DEFAULT)
     assert lib.num_dblocks(64, 1, 16) >= 1
-    assert not [p for p in toolkit.cache.iterdir() if p.name.startswith(".")]  # no build folder left behind
+    assert not list(toolkit.cache.glob(".libpna_cuda-*"))  # no build folder left behind
 
 
 def test_prebuild_command(toolkit):
@@ -248,6 +250,30 @@ def test_prebuild_command(toolkit):
     bad = subprocess.run(cmd[:-2] + ["--set", "fast_log2=maybe"], env=env, capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "fast_log2" in bad.stderr
+
+
+def test_device_run_builds_every_variant_at_once_and_names_failures(toolkit, fake_gpu, monkeypatch):
+    """bench/device's build stage: variants found in the (carried) cache are loaded, the rest built in parallel; a
+    variant that does not compile is a row with nvcc's error, the others are unaffected."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from bench.device.variants import ensure_variants, variant_options
+
+    options = variant_options()
+    assert options[0] == DEFAULT and len({o.name() for o in options}) == len(options)
+    carried = cuda_backend.build(DEFAULT, cuda_backend.PREBUILT_ARCHS)
+    monkeypatch.setenv("FAKE_NVCC_FAIL_ON", "-DPNA_CUDA_FAST_LOG2=1")
+    seen = []
+    rows = ensure_variants(options, ("90",), toolkit.cache, device=torch.device("cuda", 0), capability=(9, 0),
+                           jobs=4, on_result=seen.append)
+    status = {r["name"]: r["status"] for r in rows}
+    assert [r["name"] for r in rows] == [o.name() for o in options] and len(seen) == len(options)
+    assert status["default"] == "found" and rows[0]["file"] == carried.name
+    assert status["fast_log2"] == "failed" and "does not compile" in rows[options.index(
+        KernelOptions(fast_log2=True))]["error"]
+    assert status["chunk64-max_state64-precompute_gates-fast_log2-reuse_decay-parallel_combine"] == "failed"
+    assert {s for n, s in status.items() if "fast_log2" not in n and n != "default"} == {"built"}
+    assert len(toolkit.builds()) == len(options)  # the carried default, then one try for each other variant
 
 
 # --------------------------------------------------------------------- no device -> host sync with check_finite=False
