@@ -273,6 +273,9 @@ def load(options: KernelOptions = DEFAULT, device: torch.device | None = None,
     sentence saying why when there is no usable library."""
     if not torch.cuda.is_available():
         raise RuntimeError("no CUDA GPU is visible (torch.cuda.is_available() is False)")
+    if not kernel_sources():
+        raise RuntimeError(f"its CUDA sources are not in {SOURCE_DIR} (reinstall pna: pip install -e . from a "
+                           "source checkout)")
     device = torch.device("cuda", torch.cuda.current_device()) if device is None else torch.device(device)
     capability = torch.cuda.get_device_capability(device)
     directory = cache_dir() if directory is None else Path(directory)
@@ -304,7 +307,7 @@ def _library(options: KernelOptions) -> tuple[KernelLibrary | None, str | None]:
     """(library, None) or (None, why not) for options on the current device; tried once per process."""
     try:
         return load(options), None
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:  # ValueError: a malformed PNA_CUDA_ARCH / TORCH_CUDA_ARCH_LIST
         return None, str(exc)
 
 

@@ -163,15 +163,17 @@ def _variants(data: dict[str, Any]) -> list[str]:
         err = "-" if r.get("max_err_vs_default") is None else f"{r['max_err_vs_default']:.2e} ({r['worst']})"
         rows.append([r["variant"], r["pass_name"], *_timing_cells(r), speedup, *_floor_cells(r), err,
                      r.get("build") or "-", r.get("error") or ""])
-    builds = (data.get("build") or {}).get("variants") or []
-    built = [f"{b['name']} {b['status']} {_fmt(b.get('seconds'), '.1f')} s" for b in builds]
+    build = data.get("build") or {}
+    built = [f"{b['name']} {b['status']} {_fmt(b.get('seconds'), '.1f')} s" for b in build.get("variants") or []]
     return [f"Shape {var.get('shape')}; contract passes of each KernelOptions build of the CUDA kernels "
             f"(cuda_options.py), timer {var.get('timer', '-')}. vs default = default median / this median; "
             "err vs default: the largest relative difference from the default build's outputs (and, except plain, "
             "gradients). Recorded, not asserted.", ""] + _table(
         ["variant", "pass", "median ms", "p20-p80 ms", "reps", "floor MB", "vs default", "floor us", "bound",
          "achieved", "err vs default", "build", "note"], rows) + (
-        ["Builds (build stage): " + "; ".join(built) + ".", ""] if built else [])
+        [f"Libraries (build stage, folder {build.get('cache', '-')}, target sm_"
+         f"{',sm_'.join(build.get('archs') or ['-'])}, nvcc {build.get('nvcc') or 'not found'}): "
+         + "; ".join(built) + ".", ""] if built else [])
 
 
 def _profile(data: dict[str, Any]) -> list[str]:

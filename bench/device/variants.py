@@ -89,13 +89,13 @@ def main(argv: list[str] | None = None) -> int:
         archs = cuda.parse_archs(args.arch, "--arch")
     except ValueError as exc:
         parser.error(str(exc))
-    print(f"building into {args.out}: default for sm_{',sm_'.join(cuda.PREBUILT_ARCHS)}, "
-          f"{len(VARIANTS)} variants for sm_{',sm_'.join(archs)}, {args.jobs} at a time", flush=True)
+    others = [options for options in variant_options() if options != DEFAULT]
+    print(f"building into {args.out}: the default for sm_{',sm_'.join(cuda.PREBUILT_ARCHS)}, "
+          f"{len(others)} other variants for sm_{',sm_'.join(archs)}, {args.jobs} at a time", flush=True)
     start = time.monotonic()
     report = lambda row: print(f"  {row['name']:<60} {row['status']:<8} {row['seconds']:6.1f} s  "  # noqa: E731
                                f"{row['error'] or row['file']}", flush=True)
     rows = ensure_variants([DEFAULT], cuda.PREBUILT_ARCHS, args.out, jobs=1, on_result=report)
-    others = [options for options in variant_options() if options != DEFAULT]
     rows += ensure_variants(others, archs, args.out, jobs=args.jobs, on_result=report)
     print(f"done in {time.monotonic() - start:.1f} s", flush=True)
     return 1 if any(r["status"] == "failed" for r in rows) else 0
