@@ -283,11 +283,20 @@ def load(options: KernelOptions = DEFAULT, device: torch.device | None = None,
     if not covers(archs, capability):
         raise RuntimeError(f"the target architectures {','.join(archs)} (from {ARCH_ENV} or TORCH_CUDA_ARCH_LIST) do "
                            f"not include the GPU's sm_{capability[0]}{capability[1]}")
+    return find_or_build(options, archs, directory, capability, device)[0]
+
+
+def find_or_build(options: KernelOptions, archs: tuple[str, ...], directory: Path,
+                  capability: tuple[int, int] | None = None,
+                  device: torch.device | None = None) -> tuple[KernelLibrary, Path, str]:
+    """(library, its path, how: "found", "built" or "rebuilt"): the cached build in `directory` that covers the
+    GPU's capability (without one: every arch of `archs`) and loads (on `device` when given), else one built now
+    for `archs`; a cached one that does not load is rebuilt once. RuntimeError with a sentence if none loads."""
     failed = None
     cached = find_cached(options, capability, archs, directory)
     if cached is not None:
         try:
-            return open_library(cached, options, device)
+            return open_library(cached, options, device), cached, "found"
         except LOAD_ERRORS as exc:
             failed = f"{cached.name} did not load ({jit.first_error(exc)}), and rebuilding it "
     try:
@@ -296,7 +305,7 @@ def load(options: KernelOptions = DEFAULT, device: torch.device | None = None,
         raise RuntimeError(f"{failed or ''}building the CUDA kernels in {SOURCE_DIR} failed: "
                            f"{jit.first_error(exc)}") from None
     try:
-        return open_library(path, options, device)
+        return open_library(path, options, device), path, "rebuilt" if failed else "built"
     except LOAD_ERRORS as exc:
         raise RuntimeError(f"{failed or ''}the library built in {path} does not load: "
                            f"{jit.first_error(exc)}") from None

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .plan import PREBUILT_DIR, PREBUILT_VARIANT_ARCHS, VARIANTS
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from .run import REPO_ROOT
 
 
 def variant_options(variants: tuple[dict[str, object], ...] = VARIANTS) -> list:
@@ -31,27 +30,16 @@ def variant_options(variants: tuple[dict[str, object], ...] = VARIANTS) -> list:
 
 def _ensure_one(options: Any, archs: tuple[str, ...], directory: Path, capability: tuple[int, int] | None,
                 device: Any) -> dict[str, Any]:
-    """Find (and, with a device, load) one variant's library, or build it: a row saying which, or why it failed."""
-    from pna_kernels import cuda, jit
+    """cuda.find_or_build for one variant: a row saying how its library was got, or why there is none."""
+    from pna_kernels import cuda
 
-    row: dict[str, Any] = {"name": options.name(), "status": "failed", "seconds": 0.0, "file": None, "error": None}
     start = time.monotonic()
-    cached = cuda.find_cached(options, capability, archs, directory)
-    failed = None
-    if cached is not None:
-        try:
-            cuda.open_library(cached, options, device)
-            row.update(status="found", file=cached.name)
-            return row
-        except cuda.LOAD_ERRORS as exc:
-            failed = f"{cached.name} did not load ({jit.first_error(exc)}); "
+    row: dict[str, Any] = {"name": options.name(), "status": "failed", "file": None, "error": None}
     try:
-        path = cuda.build(options, archs, directory, force=failed is not None)
-        if device is not None:
-            cuda.open_library(path, options, device)
-        row.update(status="rebuilt" if failed else "built", file=path.name)
-    except jit.BUILD_ERRORS + cuda.LOAD_ERRORS as exc:
-        row["error"] = f"{failed or ''}{jit.first_error(exc)}"[:300]
+        _, path, how = cuda.find_or_build(options, archs, directory, capability, device)
+        row.update(status=how, file=path.name)
+    except RuntimeError as exc:
+        row["error"] = str(exc)[:300]
     row["seconds"] = round(time.monotonic() - start, 1)
     return row
 
