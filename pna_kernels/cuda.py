@@ -142,7 +142,7 @@ def gencode_flags(archs: tuple[str, ...]) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------------ builds
 def cache_dir() -> Path:
-    """Where built libraries are kept: PNA_CUDA_CACHE, else the per-user cache ($XDG_CACHE_HOME or ~/.cache)/pna/cuda."""
+    """Where built libraries are kept: PNA_CUDA_CACHE, else ($XDG_CACHE_HOME or ~/.cache)/pna/cuda."""
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
