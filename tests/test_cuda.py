@@ -80,10 +80,11 @@ def toolkit(tmp_path, monkeypatch) -> FakeToolkit:
     nvcc.write_text(FAKE_NVCC.format(python=sys.executable))
     nvcc.chmod(0o755)
     kit = FakeToolkit(str(nvcc), tmp_path / "cache", tmp_path / "nvcc.log")
+    emulated = emulated_library(DEFAULT).library._name  # built with the real toolkit's headers, before the stand-in
     monkeypatch.setenv("CUDA_HOME", str(home))
     monkeypatch.setenv(cuda_backend.CACHE_ENV, str(kit.cache))
     monkeypatch.setenv("FAKE_NVCC_LOG", str(kit.log))
-    monkeypatch.setenv("FAKE_NVCC_LIBRARY", emulated_library(DEFAULT).library._name)
+    monkeypatch.setenv("FAKE_NVCC_LIBRARY", emulated)
     for name in (cuda_backend.ARCH_ENV, "TORCH_CUDA_ARCH_LIST"):
         monkeypatch.delenv(name, raising=False)
     cuda_backend._library.cache_clear()
