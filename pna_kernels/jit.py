@@ -1,4 +1,5 @@
-"""Just-in-time builds of the native extensions (cpu.py, cuda.py) that never hang on a lock a killed build left.
+"""Just-in-time builds of the native extensions (cpu.py) that never hang on a lock a killed build left; cuda.py's
+nvcc library builds take the same lock (exclusive_build).
 
 torch.utils.cpp_extension.load serialises builds with a lock file, `<build dir>/lock`, created when a build starts
 and removed when it ends; a process killed mid-build leaves it behind, and every later load waits for it forever.

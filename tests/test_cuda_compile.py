@@ -1,5 +1,6 @@
 """The CUDA backend's sources without a GPU: every csrc/cuda/*.cu compiles with nvcc for sm_80 and sm_90 with
-warnings as errors, the torch binding passes the host compiler (syntax only), and the kernels themselves run under
+warnings as errors, nvcc alone builds them into the shared library the backend loads (pna_kernels/cuda.py), which
+loads with ctypes and reports a launch without a GPU as an error, and the kernels themselves run under
 host emulation (pna_kernels/cuda_emulation.py) through the same ctypes binding as the GPU build (cuda_abi.py) and
 match the float64 oracle through the backend contract, forward (the channel mean included) and every gradient,
 with every output and scratch buffer NaN-poisoned first.
@@ -7,12 +8,13 @@ nvcc missing is a failure, not a skip: CI has it (the emulation also needs the t
 from __future__ import annotations
 
 import ctypes
+import json
 import subprocess
-import sysconfig
+import time
+from pathlib import Path
 
 import pytest
 import torch
-from torch.utils import cpp_extension
 
 from pna_kernels import cuda as cuda_backend
 from pna_kernels.cuda_abi import C_STRUCTS, KernelLibrary
@@ -38,42 +40,70 @@ def run(cmd: list[str]) -> None:
     assert done.returncode == 0, f"{' '.join(cmd)}\n{done.stdout}\n{done.stderr}"
 
 
-def test_every_cuda_source_is_compiled_and_loaded():
+def assert_struct_mirrors_match(lib: KernelLibrary) -> None:
+    """KernelLibrary checks every ctypes mirror against the library's sizeof when it loads; check it did."""
+    sizes = (ctypes.c_int * len(C_STRUCTS))()
+    assert lib.library.pna_cuda_struct_sizes(sizes, len(C_STRUCTS)) == len(C_STRUCTS)
+    assert [ctypes.sizeof(s) for s in C_STRUCTS.values()] == list(sizes)
+
+
+def test_every_cuda_source_is_compiled():
     names = {p.name for p in cuda_backend.kernel_sources()}
     assert {"scan_forward.cu", "scan_backward.cu", "state_update.cu", "combine_sums.cu"} <= names
-    assert (cuda_backend.SOURCE_DIR / cuda_backend.BINDINGS).is_file()
+    assert not list(cuda_backend.SOURCE_DIR.glob("*.cpp"))  # no torch binding: the library is nvcc's alone
 
 
 @pytest.mark.parametrize("source", [p.name for p in cuda_backend.kernel_sources()])
 def test_kernel_compiles(source, tmp_path):
     """One nvcc call per file for every architecture in ARCHS (--threads 0: the architectures in parallel)."""
-    archs = [flag for arch in ARCHS for flag in ("-gencode", f"arch=compute_{arch},code=sm_{arch}")]
-    run([nvcc(), "-c", "-O3", "-std=c++17", *cuda_backend.DEFINES, *archs, "--threads", "0", "-Werror", "all-warnings",
-         "-Xcompiler", "-Wall,-Wextra,-Werror", "-o", str(tmp_path / "kernel.o"),
-         str(cuda_backend.SOURCE_DIR / source)])
-
-
-def test_binding_syntax(tmp_path):
-    """bindings.cpp against torch's headers and the CUDA toolkit's, with nvcc driving the host compiler (which adds
-    the toolkit's include path). A CPU-only torch ships c10/cuda's headers but not the CMake-generated
-    cuda_cmake_macros.h they include, so a one-line stand-in goes first on the path."""
-    generated = tmp_path / "c10" / "cuda" / "impl"
-    generated.mkdir(parents=True)
-    (generated / "cuda_cmake_macros.h").write_text("#define C10_CUDA_BUILD_SHARED_LIBS\n")
-    includes = [str(tmp_path), *cpp_extension.include_paths(), sysconfig.get_paths()["include"]]
-    run([nvcc(), "-c", "-std=c++17", *cuda_backend.DEFINES, "-Xcompiler", "-fsyntax-only,-Wall,-Wextra,-Werror",
-         f"-DTORCH_EXTENSION_NAME={cuda_backend.EXTENSION_NAME}",
-         *(flag for path in includes for flag in ("-isystem", path)),
-         str(cuda_backend.SOURCE_DIR / cuda_backend.BINDINGS), "-o", str(tmp_path / "bindings.o")])
+    run([nvcc(), "-c", "-O3", "-std=c++17", *cuda_backend.DEFINES, *cuda_backend.gencode_flags(ARCHS),
+         "--threads", "0", "-Werror", "all-warnings", "-Xcompiler", "-Wall,-Wextra,-Werror",
+         "-o", str(tmp_path / "kernel.o"), str(cuda_backend.SOURCE_DIR / source)])
 
 
 def test_the_limits_come_from_python(tmp_path):
-    """The kernels' chunk size and largest N are cuda.py's, passed as -D flags: a compile without them stops with
-    a message saying so (no number mirrored by hand in the sources)."""
+    """The kernels' chunk size and largest N are cuda_options.py's, passed as -D flags: a compile without them
+    stops with a message saying so (no number mirrored by hand in the sources)."""
     done = subprocess.run([nvcc(), "-E", "-std=c++17", str(cuda_backend.SOURCE_DIR / "combine_sums.cu"),
                            "-o", str(tmp_path / "out.ii")], capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "PNA_CUDA_CHUNK" in done.stderr
-    assert f"-DPNA_CUDA_CHUNK={cuda_backend.CHUNK_SIZE}" in cuda_backend.NVCC_FLAGS
+    assert f"-DPNA_CUDA_CHUNK={cuda_backend.CHUNK_SIZE}" in cuda_backend.DEFINES
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    """The real library: nvcc alone builds every csrc/cuda/*.cu into one shared object for sm_80 and sm_90 (what a
+    prebuilt copy holds), in a fresh cache folder. Its build time is printed (pytest -s) and in its manifest."""
+    start = time.monotonic()
+    path = cuda_backend.build(DEFAULT, ARCHS, tmp_path_factory.mktemp("pna-cuda-cache"), nvcc=nvcc())
+    print(f"\nnvcc build of {path.name}: {time.monotonic() - start:.1f} s")
+    return path
+
+
+def test_nvcc_library_loads_with_ctypes(built):
+    """The library nvcc built loads with ctypes behind cuda_abi.KernelLibrary, whose struct-size check passes."""
+    lib = cuda_backend.open_library(built, DEFAULT)
+    assert_struct_mirrors_match(lib)
+    assert lib.num_dblocks(1536, 1, 16) >= 1
+    manifest = json.loads(built.with_suffix(".json").read_text())
+    assert manifest["archs"] == list(ARCHS) and manifest["nvcc"] == cuda_backend.nvcc_version(nvcc())
+
+
+def test_nvcc_library_is_found_in_its_cache(built):
+    assert cuda_backend.find_cached(DEFAULT, (9, 0), ("90",), built.parent) == built
+    assert cuda_backend.find_cached(DEFAULT, (8, 0), ("80",), built.parent) == built
+    mtime = built.stat().st_mtime_ns
+    assert cuda_backend.build(DEFAULT, ARCHS, built.parent, nvcc=nvcc()) == built
+    assert built.stat().st_mtime_ns == mtime  # same inputs: not rebuilt
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without a GPU (this one would run the launch)")
+def test_launch_without_a_gpu_is_a_runtime_error(built):
+    """No GPU (no driver): the launcher returns the CUDA runtime's error, raised as a RuntimeError, no crash."""
+    lib = cuda_backend.open_library(built, DEFAULT)
+    args = scan_args(ScanCase(1, 4, 5, 4, with_z=False).inputs(), True, cuda_backend.CHUNK_SIZE)
+    with pytest.raises(RuntimeError, match="pna_cuda_scan_forward failed: .*(CUDA|driver|device)"):
+        lib.scan_forward(args)
 
 
 @pytest.fixture(scope="module")
@@ -83,10 +113,7 @@ def emulated() -> KernelLibrary:
 
 
 def test_struct_mirrors_match_the_launchers(emulated):
-    """KernelLibrary checks every ctypes mirror against the library's sizeof when it loads; check it does."""
-    sizes = (ctypes.c_int * len(C_STRUCTS))()
-    assert emulated.library.pna_cuda_struct_sizes(sizes, len(C_STRUCTS)) == len(C_STRUCTS)
-    assert [ctypes.sizeof(s) for s in C_STRUCTS.values()] == list(sizes)
+    assert_struct_mirrors_match(emulated)
 
 
 EMULATED_SCANS = {  # the sizes the CUDA layout cares about (csrc/cuda/scan_common.cuh), far above the Triton ones

@@ -60,7 +60,8 @@ def test_dry_run_report_covers_every_stage(dry_run):
     state = json.loads((out / "results.json").read_text())
     assert [s["name"] for s in state["stages"]] == [s.name for s in STAGES]
     statuses = {s["name"]: s["status"] for s in state["stages"]}
-    assert statuses["env"] == statuses["smoke"] == statuses["timing"] == statuses["profile"] == "ok", statuses
+    assert statuses["env"] == statuses["smoke"] == statuses["timing"] == statuses["variants"] == "ok", statuses
+    assert statuses["profile"] == "ok", statuses
     assert statuses["build"] == statuses["sanitizer"] == statuses["traffic"] == "skipped", statuses
     report = (out / "report.md").read_text()
     assert "DRY RUN" in report and "the run is complete" in report
@@ -71,6 +72,11 @@ def test_dry_run_report_covers_every_stage(dry_run):
     assert all("not run" in r["error"] for r in rows if r["backend"] == "cuda")
     for r in timed:
         assert r["achieved"] == pytest.approx(r["floors"]["floor_s"] / (r["timing"]["median_ms"] / 1e3))
+    # Variants: the torch backend stands in for the default build; the others say why they did not run.
+    variants = state["data"]["variants"]["rows"]
+    assert [r["variant"] for r in variants if r.get("timing")] == ["default", "default"]
+    assert all("dry run" in r["error"] for r in variants if r["variant"] != "default")
+    assert "## Kernel variants" in report
 
 
 # -------------------------------------------------------------------------------------------------- budgets
@@ -269,6 +275,35 @@ def test_parse_ncu_csv_assigns_kernels_to_passes_by_marker():
     assert kernels[0]["us"] == 20.0
     assert [p["bytes"] for p in passes] == [1_502_000, 5_000_000]
     assert parse_ncu_csv("ncu: no kernels were profiled", order) == ([], [])
+
+
+def test_report_compares_variants_with_the_default_build():
+    rate = floors.SfuRate(per_s=4e12, source="test")
+    rows = []
+    for name, ms, err in (("default", 2.0, None), ("fast_log2", 1.0, 3e-6)):
+        row = harness.time_calls(REALISTIC, [harness.Call(name, "contract", "fwd", fn=lambda: None)],
+                                 FakeTimer(ms), 4e12, rate)[0].as_dict()
+        rows.append({**row, "variant": name, "build": "found", "max_err_vs_default": err,
+                     "worst": err and "entropy"})
+    report = render({"mode": "device", "stages": [], "data": {
+        "variants": {"shape": REALISTIC.name, "rows": rows},
+        "build": {"variants": [{"name": "fast_log2", "status": "built", "seconds": 21.5}]}}})
+    line = next(ln for ln in report.splitlines() if ln.startswith("| fast_log2 | fwd |"))
+    assert "| 2.00x |" in line and "| 3.00e-06 (entropy) | found |" in line
+    assert "| default | fwd | 2.000 |" in report and "| 1.00x |" in report
+    assert "fast_log2 built 21.5 s" in report
+
+
+def test_variants_are_valid_kernel_options():
+    from bench.device.plan import VARIANTS
+    from bench.device.variants import variant_options
+
+    names = [o.name() for o in variant_options()]
+    assert VARIANTS[0] == {} and names[0] == "default" and len(set(names)) == len(names)
+    for wanted in ("plain", "fast_log2", "precompute_gates", "reuse_decay", "parallel_combine", "chunk64-max_state64",
+                   "max_state32-lanes_per_channel4", "max_state64-lanes_per_channel8",
+                   "max_state64-lanes_per_channel16"):
+        assert wanted in names
 
 
 def test_readme_lists_the_stages_and_limits_of_the_plan():

@@ -22,14 +22,17 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage("env", 30, "device, versions of torch/triton/CUDA/driver, SM count and clock, device-to-device copy GB/s"),
-    Stage("build", 110, "build or load the CUDA backend (its own budget; later stages skip cuda if this fails)"),
-    Stage("smoke", 60, "triton and cuda vs the float64 oracle on a small shape, fp32 and bf16: outputs and "
+    Stage("build", 100, "load the carried nvcc library of every kernel variant, or build it here with nvcc (all in "
+                        "parallel); later stages skip cuda if the default does not load"),
+    Stage("smoke", 55, "triton and cuda vs the float64 oracle on a small shape, fp32 and bf16: outputs and "
                        "gradients, relative error recorded against the tolerance (not asserted)"),
-    Stage("timing", 140, "CUDA-event timing with warm-up and an L2 flush per rep: contract fwd/bwd on pre-validated "
+    Stage("timing", 125, "CUDA-event timing with warm-up and an L2 flush per rep: contract fwd/bwd on pre-validated "
                          "ScanArgs and the public API, with HBM and SFU floors"),
+    Stage("variants", 50, "the CUDA kernel variants (KernelOptions) timed side by side at the realistic shape, "
+                          "contract fwd and bwd, with their difference from the default build's results"),
     Stage("profile", 30, "torch.profiler per-kernel breakdown of each backend's passes at the realistic shape"),
-    Stage("sanitizer", 70, "compute-sanitizer memcheck and racecheck of triton and cuda fwd+bwd on the smoke shape"),
-    Stage("traffic", 40, "Nsight Compute DRAM bytes per kernel at the realistic shape (bytes actually moved)"),
+    Stage("sanitizer", 55, "compute-sanitizer memcheck and racecheck of triton and cuda fwd+bwd on the smoke shape"),
+    Stage("traffic", 35, "Nsight Compute DRAM bytes per kernel at the realistic shape (bytes actually moved)"),
 )
 
 # Files the run writes (and rewrites after every stage) in its output directory.
@@ -70,6 +73,28 @@ BASELINE_ROWS = (("torch", TIMING_SHAPES[-1]),)
 SMOKE_SHAPE = Shape(batch=2, length=75, dim=64, dstate=16, dtype="float32")  # L not a multiple of any chunk
 SANITIZER_SHAPE = SMOKE_SHAPE  # the kernels the smoke stage compiled are reused under the sanitizer
 TRAFFIC_SHAPE = REALISTIC
+# The CUDA kernel variants the build stage makes and the variants stage times: the fields of
+# pna_kernels.cuda_options.KernelOptions that differ from the defaults ({} is the default build, timed first).
+VARIANTS: tuple[dict[str, object], ...] = (
+    {},
+    {"plain": True},
+    {"lanes_per_channel": 4, "max_state": 32},
+    {"lanes_per_channel": 8, "max_state": 64},
+    {"lanes_per_channel": 16, "max_state": 64},
+    {"fast_log2": True},
+    {"precompute_gates": True},
+    {"reuse_decay": True},
+    {"parallel_combine": True},
+    {"chunk": 64, "max_state": 64},
+    {"chunk": 64, "max_state": 64, "precompute_gates": True, "fast_log2": True, "reuse_decay": True,
+     "parallel_combine": True},
+)
+VARIANT_SHAPE = REALISTIC
+# Where a prebuilt copy of the libraries is carried to the GPU machine (relative to the repository root; ignored by
+# git): bench/device_run.sh points PNA_CUDA_CACHE here unless it is set.
+PREBUILT_DIR = "build/pna-cuda"
+PREBUILT_VARIANT_ARCHS = ("90",)  # H100/H200: what `python3 -m bench.device.prebuild` builds the variants for
+
 # Dry mode (CPU): one tiny shape through the same code, timed by the wall clock.
 DRY_SHAPE = Shape(batch=1, length=32, dim=16, dstate=4, dtype="float32")
 DRY_BACKENDS = ("torch", "triton", "cuda")

@@ -67,8 +67,8 @@ def render(state: dict[str, Any], brief: bool = False) -> str:
         [i, s["name"], s["budget_s"], s["status"], _fmt(s.get("seconds"), ".1f"), s.get("note") or ""]
         for i, s in enumerate(state["stages"], 1)])
     for title, section in (("Environment", _environment), ("Correctness smoke", _smoke), ("Timing", _timing),
-                           ("Per-kernel breakdown", _profile), ("Sanitizer", _sanitizer),
-                           ("Memory traffic", _traffic)):
+                           ("Kernel variants", _variants), ("Per-kernel breakdown", _profile),
+                           ("Sanitizer", _sanitizer), ("Memory traffic", _traffic)):
         body = section(data)
         if brief and section in (_profile, _traffic) and len(body) > 2:  # a table, not just a note
             body = ["(per-kernel rows: report.md)", ""]
@@ -112,6 +112,20 @@ def _traffic_by_pass(data: dict[str, Any]) -> dict[tuple[str, str, str, str], fl
     return {(p["shape"], p["backend"], p["path"], p["pass_name"]): p["bytes"] for p in traffic.get("passes", [])}
 
 
+def _timing_cells(r: dict[str, Any]) -> list[Any]:
+    """median ms, p20-p80 ms, reps, floor MB of a timing row (harness.Row.as_dict)."""
+    t, f = r.get("timing") or {}, r.get("floors") or {}
+    spread = f"{t['p20_ms']:.3f}-{t['p80_ms']:.3f}" if t else "-"
+    return [_fmt(t.get("median_ms")), spread, _fmt(t.get("reps"), "d"), _fmt(f.get("floor_bytes", 0) / 1e6, ".4g")]
+
+
+def _floor_cells(r: dict[str, Any]) -> list[Any]:
+    """floor us, bound, achieved of a timing row."""
+    f = r.get("floors") or {}
+    return [_fmt(f.get("floor_s", 0) * 1e6, ".4g"), f.get("bound", "-"),
+            "-" if r.get("achieved") is None else f"{100 * r['achieved']:.1f}%"]
+
+
 def _timing(data: dict[str, Any]) -> list[str]:
     timing = data.get("timing")
     if not timing or not timing.get("rows"):
@@ -119,17 +133,14 @@ def _timing(data: dict[str, Any]) -> list[str]:
     moved = _traffic_by_pass(data)
     rows = []
     for r in timing["rows"]:
-        t, f = r.get("timing") or {}, r.get("floors") or {}
-        spread = f"{t['p20_ms']:.3f}-{t['p80_ms']:.3f}" if t else "-"
+        f = r.get("floors") or {}
         hbm = f.get("hbm_s")
         measured = moved.get((r["shape"], r["backend"], r["path"], r["pass_name"]))
         rows.append([
-            r["shape"], r["backend"], r["path"], r["pass_name"], _fmt(t.get("median_ms")), spread,
-            _fmt(t.get("reps"), "d"), _fmt(f.get("floor_bytes", 0) / 1e6, ".4g"),
+            r["shape"], r["backend"], r["path"], r["pass_name"], *_timing_cells(r),
             "-" if measured is None else f"{measured / 1e6:.4g}",
             "-" if hbm is None else f"{hbm * 1e6:.4g}", _fmt(f.get("sfu_s", 0) * 1e6, ".4g"),
-            _fmt(f.get("floor_s", 0) * 1e6, ".4g"), f.get("bound", "-"),
-            "-" if r.get("achieved") is None else f"{100 * r['achieved']:.1f}%", r.get("error") or "",
+            *_floor_cells(r), r.get("error") or "",
         ])
     head = [f"Timer: {timing.get('timer', '-')}. Copy bandwidth {_fmt(timing.get('copy_gb_per_s'), '.0f')} GB/s; "
             f"SFU rate {_fmt(timing.get('sfu_per_s'), '.3g')} exp/s. Floors: bench/README.md. achieved = "
@@ -137,6 +148,32 @@ def _timing(data: dict[str, Any]) -> list[str]:
     return head + _table(
         ["shape", "backend", "path", "pass", "median ms", "p20-p80 ms", "reps", "floor MB", "moved MB (ncu)",
          "HBM floor us", "SFU floor us", "floor us", "bound", "achieved", "note"], rows)
+
+
+def _variants(data: dict[str, Any]) -> list[str]:
+    var = data.get("variants")
+    if not var or not var.get("rows"):
+        return []
+    default = {r["pass_name"]: (r.get("timing") or {}).get("median_ms") for r in var["rows"]
+               if r["variant"] == "default"}
+    rows = []
+    for r in var["rows"]:
+        median, base = (r.get("timing") or {}).get("median_ms"), default.get(r["pass_name"])
+        speedup = f"{base / median:.2f}x" if median and base else "-"
+        err = "-" if r.get("max_err_vs_default") is None else f"{r['max_err_vs_default']:.2e} ({r['worst']})"
+        rows.append([r["variant"], r["pass_name"], *_timing_cells(r), speedup, *_floor_cells(r), err,
+                     r.get("build") or "-", r.get("error") or ""])
+    build = data.get("build") or {}
+    built = [f"{b['name']} {b['status']} {_fmt(b.get('seconds'), '.1f')} s" for b in build.get("variants") or []]
+    return [f"Shape {var.get('shape')}; contract passes of each KernelOptions build of the CUDA kernels "
+            f"(cuda_options.py), timer {var.get('timer', '-')}. vs default = default median / this median; "
+            "err vs default: the largest relative difference from the default build's outputs (and, except plain, "
+            "gradients). Recorded, not asserted.", ""] + _table(
+        ["variant", "pass", "median ms", "p20-p80 ms", "reps", "floor MB", "vs default", "floor us", "bound",
+         "achieved", "err vs default", "build", "note"], rows) + (
+        [f"Libraries (build stage, folder {build.get('cache', '-')}, target sm_"
+         f"{',sm_'.join(build.get('archs') or ['-'])}, nvcc {build.get('nvcc') or 'not found'}): "
+         + "; ".join(built) + ".", ""] if built else [])
 
 
 def _profile(data: dict[str, Any]) -> list[str]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .plan import (BASELINE_ROWS, DRY_BACKENDS, DRY_SHAPE, GPU_BACKENDS, REALISTIC, SANITIZER_SHAPE, SKIPPED,
-                   SMOKE_SHAPE, TIMING_SHAPES, TRAFFIC_SHAPE, Shape)
+                   SMOKE_SHAPE, TIMING_SHAPES, TRAFFIC_SHAPE, VARIANT_SHAPE, Shape)
 from .proc import run_limited
 
 
@@ -169,17 +169,36 @@ def copy_bandwidth(device: str) -> tuple[float, int]:
 
 
 def stage_build(ctx: StageContext) -> None:
+    """Every kernel variant's nvcc library (plan.VARIANTS, the default first): loaded from the cache folder
+    (PNA_CUDA_CACHE; bench/device_run.sh points it at the carried prebuilt copy), else built here with nvcc, all
+    variants at once. cuda_ok says whether the backend's default build loads (later stages skip cuda if not)."""
     if ctx.dry:
-        ctx.record(cuda_ok=False, reason="dry run: no CUDA device (a device run builds or loads the CUDA backend "
-                                         "here through pna_kernels.backends.unsupported_reason)")
-        raise StageSkipped("dry run: the CUDA backend is not built on the CPU")
+        ctx.record(cuda_ok=False, reason="dry run: no CUDA device (a device run loads the carried nvcc libraries or "
+                                         "builds them here, see bench/device/variants.py)")
+        raise StageSkipped("dry run: the CUDA libraries are not built on the CPU")
     import torch
 
+    from pna_kernels import cuda
     from pna_kernels.backends import unsupported_reason
 
-    os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 4))  # parallel nvcc jobs for a JIT build
+    from .variants import ensure_variants, variant_options
+
     start = time.monotonic()
-    reason = unsupported_reason("cuda", torch.device("cuda"), torch.bfloat16, 16)
+    device = torch.device("cuda", torch.cuda.current_device())
+    capability = torch.cuda.get_device_capability(device)
+    nvcc = cuda.find_nvcc()
+    ctx.record(cache=str(cuda.cache_dir()), capability=capability, nvcc=nvcc, variants=[])
+    archs = cuda.target_archs()
+    ctx.record(archs=archs)
+    rows: list[dict[str, Any]] = []
+
+    def done(row: dict[str, Any]) -> None:
+        rows.append(row)
+        ctx.record(variants=rows)
+
+    ensure_variants(variant_options(), archs, cuda.cache_dir(), device=device, capability=capability,
+                    jobs=os.cpu_count() or 4, on_result=done)
+    reason = unsupported_reason("cuda", device, torch.bfloat16, 16)
     ctx.record(cuda_ok=reason is None, reason=reason, seconds=time.monotonic() - start)
     if reason is not None:
         raise RuntimeError(f"the CUDA backend is not usable: {reason}")
@@ -257,6 +276,87 @@ def stage_timing(ctx: StageContext) -> None:
                 ctx.record(rows=rows)
             del calls
         del x
+        if not ctx.dry:
+            torch.cuda.empty_cache()
+
+
+def _variant_library(ctx: StageContext, options: Any, build_rows: dict[str, dict[str, Any]]) -> Any:
+    """What runs a variant: its nvcc library (loaded by the build stage's rules, never rebuilt here); in a dry run
+    the torch backend stands in for the default build and the other variants are not run."""
+    if ctx.dry:
+        if options.name() != "default":
+            raise RuntimeError("not run: dry run (the CUDA variants need a GPU)")
+        from pna_kernels.backends import backend_module
+
+        return backend_module("torch")
+    row = build_rows.get(options.name())
+    if row is None or row["status"] == "failed":
+        raise RuntimeError(f"not built: {row['error'] if row else 'the build stage did not reach it'}")
+    from pna_kernels import cuda
+
+    return cuda.library(options)
+
+
+def _variant_outputs(result: Any, grads: Any, plain: bool) -> dict[str, Any]:
+    """The tensors two variants should agree on: out and last_state; unless plain (which leaves out entropy and
+    halt, and their terms of the gradients), also entropy, halt_logits and every input gradient."""
+    import dataclasses
+
+    got = {"out": result.out, "last_state": result.last_state}
+    if not plain:
+        got.update(entropy=result.entropy, halt_logits=result.halt_logits)
+        got.update({f"d{f.name}": getattr(grads, f.name) for f in dataclasses.fields(grads)
+                    if getattr(grads, f.name) is not None})
+    return got
+
+
+def stage_variants(ctx: StageContext) -> None:
+    """Contract fwd and bwd of every kernel variant (plan.VARIANTS) at the realistic shape, timed like the timing
+    stage, with the largest relative difference of its results from the default build's (recorded, not asserted)."""
+    import torch
+
+    from pna_kernels.testing import relative_error
+
+    from .floors import SfuRate, sfu_rate
+    from .harness import (Call, CudaEventTimer, WallClockTimer, contract_cotangents, describe, make_inputs,
+                          prevalidated_args, time_calls)
+    from .variants import variant_options
+
+    env = ctx.read("env")
+    copy_bytes_per_s = env.get("copy_bytes_per_s")
+    rate = SfuRate(env["sfu_per_s"], env["sfu_source"]) if "sfu_per_s" in env else sfu_rate()
+    timer = WallClockTimer() if ctx.dry else CudaEventTimer()
+    shape = DRY_SHAPE if ctx.dry else VARIANT_SHAPE
+    build_rows = {r["name"]: r for r in ctx.read("build").get("variants", [])}
+    rows: list[dict[str, Any]] = []
+    ctx.record(shape=shape.name, timer=type(timer).__name__, rows=rows)
+    x = make_inputs(shape, ctx.device)
+    reference: dict[str, Any] | None = None
+    for options in variant_options():
+        name = options.name()
+        calls = [Call(name, "contract", "fwd"), Call(name, "contract", "bwd")]
+        errors: dict[str, float] = {}
+        try:
+            lib = _variant_library(ctx, options, build_rows)
+            args = prevalidated_args(x, lib.CHUNK_SIZE if ctx.dry else options.chunk)
+            result = lib.scan_forward(args)
+            saved, cot = result.saved, contract_cotangents(args, result)
+            got = _variant_outputs(result, lib.scan_backward(args, saved, cot), options.plain)
+            if name == "default":
+                reference = got
+            elif reference is not None:
+                errors = {k: relative_error(v, reference[k]) for k, v in got.items()}
+            calls[0].fn = lambda lib=lib, args=args: lib.scan_forward(args)
+            calls[1].fn = lambda lib=lib, args=args, saved=saved, cot=cot: lib.scan_backward(args, saved, cot)
+            del result, got
+        except Exception as exc:  # recorded per row: the run goes on with the next variant
+            calls[0].error = calls[1].error = describe(exc)
+        worst = max(errors, key=errors.get) if errors else None
+        for row in time_calls(shape, calls, timer, copy_bytes_per_s, rate):
+            rows.append({**row.as_dict(), "variant": name, "build": build_rows.get(name, {}).get("status"),
+                         "max_err_vs_default": errors[worst] if worst else None, "worst": worst})
+            ctx.record(rows=rows)
+        del calls
         if not ctx.dry:
             torch.cuda.empty_cache()
 
@@ -418,7 +518,7 @@ def parse_ncu_csv(text: str, order: list[dict[str, str]]) -> tuple[list[dict[str
 
 STAGE_BODIES: dict[str, Callable[[StageContext], None]] = {
     "env": stage_env, "build": stage_build, "smoke": stage_smoke, "timing": stage_timing,
-    "profile": stage_profile, "sanitizer": stage_sanitizer, "traffic": stage_traffic,
+    "variants": stage_variants, "profile": stage_profile, "sanitizer": stage_sanitizer, "traffic": stage_traffic,
 }
 
 
