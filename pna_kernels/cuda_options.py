@@ -18,8 +18,9 @@ them is checked on the CPU against the float64 oracle by host emulation (tests/t
     reuse_decay        the backward reuses the decay exp(delta * A) it recomputes with the chunk's states instead
                        of exponentiating twice, where the decays fit in shared memory (entries per lane * chunk
                        <= 64, e.g. N <= 32 at chunk 64; elsewhere it exponentiates twice as before)
-    parallel_combine   the per-block entropy / halt / channel-mean partial sums are added by a warp per token
-                       (fixed-order tree) instead of one thread walking every block
+    parallel_combine   the per-block entropy / halt / channel-mean partial sums are added by a block of 8 warps per
+                       32 consecutive tokens (coalesced rows, the channel blocks split among the warps in a fixed
+                       order, then a fixed pairwise tree in shared memory) instead of one thread walking every block
     forward_timesteps  the forward's second layout (mamba-ssm's): a thread owns consecutive timesteps of one channel
                        and loops over the state entries and the block's channels; the recurrence over the block's
                        threads is an exclusive scan of the steps' affine maps (warp shuffles, then the warps in

@@ -85,9 +85,14 @@ VARIANTS: tuple[dict[str, object], ...] = (
     {"precompute_gates": True},
     {"reuse_decay": True},
     {"parallel_combine": True},
+    {"dbdc_reduction": "wide_blocks"},
+    {"dbdc_reduction": "wide_blocks", "reuse_decay": True},
+    {"forward_timesteps": True},
     {"chunk": 64, "max_state": 64},
     {"chunk": 64, "max_state": 64, "precompute_gates": True, "fast_log2": True, "reuse_decay": True,
      "parallel_combine": True},
+    {"precompute_gates": True, "fast_log2": True, "reuse_decay": True, "parallel_combine": True,
+     "dbdc_reduction": "wide_blocks"},
 )
 VARIANT_SHAPE = REALISTIC
 # Where a prebuilt copy of the libraries is carried to the GPU machine (relative to the repository root; ignored by
