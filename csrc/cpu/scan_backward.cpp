@@ -53,9 +53,29 @@ struct BackwardPointers {
   scalar_t* dC_blocks;          // (batch, blocks, N, L)
 };
 
+// Per-thread buffers of backward_block, allocated once per thread and reused by every item the thread runs.
+// Channel-innermost layouts as in the forward: [n][channel], [step][channel], [step][n][channel].
+template <typename scalar_t>
+struct BackwardScratch {
+  std::vector<scalar_t> g, A, hw, dA, dhw, dB_lanes;                                 // [n][channel]
+  std::vector<scalar_t> dt, dt_grad, u, gout, gate, gate_grad, dy, y, du, ddelta, dz;  // [step][channel]
+  std::vector<scalar_t> states, decay, source;                                       // [step][n][channel]
+  std::vector<scalar_t> row;
+  explicit BackwardScratch(const ScanDims& dims) {
+    const int64_t NW = dims.dstate * kBlockChannels, TW = dims.chunk * kBlockChannels;
+    for (auto* v : {&g, &A, &hw, &dA, &dhw, &dB_lanes}) v->resize(NW);
+    for (auto* v : {&dt, &dt_grad, &u, &gout, &gate, &gate_grad, &dy, &y, &du, &ddelta, &dz}) v->resize(TW);
+    states.resize((dims.chunk + 1) * NW);
+    decay.resize(dims.chunk * NW);
+    source.resize(dims.chunk * NW);
+    row.resize(dims.chunk);
+  }
+};
+
 template <typename scalar_t>
 PNA_CPU_MULTIVERSION void backward_block(const BackwardPointers<scalar_t>& p, const ScanDims& dims,
-                                        const ChannelBlocks& blocks, bool delta_softplus, int64_t b, int64_t block) {
+                                        const ChannelBlocks& blocks, bool delta_softplus, int64_t b, int64_t block,
+                                        BackwardScratch<scalar_t>& s) {
   const int64_t N = dims.dstate, L = dims.length, T = dims.chunk, n_chunks = dims.n_chunks();
   const int64_t group = blocks.group(block), d0 = blocks.begin(block), width = blocks.end(block) - d0;
   // Lanes past `width` are padding: zero state, inputs and parameters keep them exactly zero, so the
@@ -72,19 +92,40 @@ PNA_CPU_MULTIVERSION void backward_block(const BackwardPointers<scalar_t>& p, co
   const scalar_t* grad_mean = p.grad_channel_mean == nullptr ? nullptr : p.grad_channel_mean + b * L * N;
   const scalar_t inv_dim = scalar_t(1) / scalar_t(dims.dim);
 
-  // Channel-innermost layouts as in the forward: [n][channel], [step][channel], [step][n][channel].
-  std::vector<scalar_t> g(N * W), A(N * W), hw(N * W), dA(N * W, scalar_t(0)), dhw(N * W, scalar_t(0));
-  std::vector<scalar_t> states((T + 1) * N * W), decay(T * N * W);
-  std::vector<scalar_t> dt(T * W), dt_grad(T * W, scalar_t(1)), u(T * W), gout(T * W), gate(T * W, scalar_t(1));
-  std::vector<scalar_t> gate_grad(T * W, scalar_t(0)), row(T), Dskip(W), dD(W, scalar_t(0)), dbias(W, scalar_t(0));
-  std::vector<scalar_t> dy(W), y(W), gB(W), gdt(W), dB_lanes(N * W), dC_lanes(N * W), valid(W, scalar_t(0));
+  scalar_t* const g = s.g.data();
+  const scalar_t* const A = s.A.data();
+  const scalar_t* const hw = s.hw.data();
+  scalar_t* const dA = s.dA.data();
+  scalar_t* const dhw = s.dhw.data();
+  scalar_t* const dB_lanes = s.dB_lanes.data();
+  scalar_t* const dt = s.dt.data();
+  scalar_t* const dt_grad = s.dt_grad.data();
+  scalar_t* const u = s.u.data();
+  scalar_t* const gout = s.gout.data();
+  scalar_t* const gate = s.gate.data();
+  scalar_t* const gate_grad = s.gate_grad.data();
+  scalar_t* const dy = s.dy.data();
+  scalar_t* const y = s.y.data();
+  scalar_t* const du = s.du.data();
+  scalar_t* const ddelta = s.ddelta.data();
+  scalar_t* const dz = s.dz.data();
+  scalar_t* const states = s.states.data();
+  scalar_t* const decay = s.decay.data();
+  scalar_t* const source = s.source.data();
+  scalar_t* const row = s.row.data();
+  for (auto* v : {&s.g, &s.A, &s.hw, &s.dA, &s.dhw, &s.dt, &s.u, &s.gout, &s.gate_grad})
+    std::fill(v->begin(), v->end(), scalar_t(0));
+  std::fill(s.dt_grad.begin(), s.dt_grad.end(), scalar_t(1));
+  std::fill(s.gate.begin(), s.gate.end(), scalar_t(1));
+  std::fill(states, states + N * W, scalar_t(0));  // padding lanes of the checkpoint row; the rest is recomputed
+  alignas(64) scalar_t Dskip[W] = {}, dD[W] = {}, dbias[W] = {}, valid[W] = {};
   for (int64_t k = 0; k < width; ++k) {
     valid[k] = scalar_t(1);  // the channel-mean gradient reaches real channels only, keeping padding lanes zero
     Dskip[k] = p.D[d0 + k];
     for (int64_t n = 0; n < N; ++n) {
       g[n * W + k] = p.grad_last_state[(b * dims.dim + d0 + k) * N + n];
-      A[n * W + k] = p.A[(d0 + k) * N + n];
-      hw[n * W + k] = p.halt_weight[(d0 + k) * N + n];
+      s.A[n * W + k] = p.A[(d0 + k) * N + n];
+      s.hw[n * W + k] = p.halt_weight[(d0 + k) * N + n];
     }
   }
 
@@ -116,14 +157,14 @@ PNA_CPU_MULTIVERSION void backward_block(const BackwardPointers<scalar_t>& p, co
     }
     // recompute the chunk's states from its checkpoint: states[t + 1] = h_t, states[0] = the checkpoint
     for (int64_t t = 0; t < steps; ++t) {
-      const scalar_t* dtt = dt.data() + t * W;
-      const scalar_t* ut = u.data() + t * W;
+      const scalar_t* dtt = dt + t * W;
+      const scalar_t* ut = u + t * W;
       for (int64_t n = 0; n < N; ++n) {
         const scalar_t Bn = Bg[n * L + t0 + t];
-        const scalar_t* An = A.data() + n * W;
-        const scalar_t* prev = states.data() + (t * N + n) * W;
-        scalar_t* next = states.data() + ((t + 1) * N + n) * W;
-        scalar_t* dec = decay.data() + (t * N + n) * W;
+        const scalar_t* An = A + n * W;
+        const scalar_t* prev = states + (t * N + n) * W;
+        scalar_t* next = states + ((t + 1) * N + n) * W;
+        scalar_t* dec = decay + (t * N + n) * W;
 #pragma omp simd
         for (int64_t k = 0; k < W; ++k) {
           dec[k] = exp_v(dtt[k] * An[k]);
@@ -131,40 +172,57 @@ PNA_CPU_MULTIVERSION void backward_block(const BackwardPointers<scalar_t>& p, co
         }
       }
     }
-    // adjoint recurrence, last step of the chunk first
-    for (int64_t t = steps - 1; t >= 0; --t) {
-      const scalar_t* dtt = dt.data() + t * W;
-      const scalar_t* ut = u.data() + t * W;
-      // dH/dh = 2h (S2/S1 - log h^2) / S1 = scale * (h * shift - h log h^2); H is constant where S1 = 0
+    // Everything that depends on h_t but not on the adjoint, step by step and independent across steps (so the
+    // log never sits on the adjoint's serial chain): the adjoint's source
+    //   C_t dy_t + grad_entropy_t * 2 h_t (S2/S1 - log h_t^2) / S1 + grad_halt_t * halt_weight + grad_channel_mean_t / D,
+    // y_t (for dz), dC_t and the halt weight's gradient. dH/dh = scale * (h * shift - h log h^2); H is constant
+    // where S1 = 0.
+    for (int64_t t = 0; t < steps; ++t) {
       const scalar_t s1 = S1[t0 + t];
       const scalar_t scale = s1 > scalar_t(0) ? scalar_t(2) * grad_entropy[t0 + t] / s1 : scalar_t(0);
       const scalar_t shift = s1 > scalar_t(0) ? S2[t0 + t] / s1 : scalar_t(0);
       const scalar_t ghalt = grad_halt[t0 + t];
-      for (int64_t k = 0; k < W; ++k) {
-        dy[k] = gout[t * W + k] * gate[t * W + k];
-        y[k] = gB[k] = gdt[k] = scalar_t(0);
-      }
+      scalar_t* dyt = dy + t * W;
+#pragma omp simd
+      for (int64_t k = 0; k < W; ++k) dyt[k] = gout[t * W + k] * gate[t * W + k];
+      alignas(64) scalar_t yt[W] = {}, dC_lanes[W];
       for (int64_t n = 0; n < N; ++n) {
-        const scalar_t Bn = Bg[n * L + t0 + t], Cn = Cg[n * L + t0 + t];
+        const scalar_t Cn = Cg[n * L + t0 + t];
         const scalar_t gmean = grad_mean == nullptr ? scalar_t(0) : grad_mean[(t0 + t) * N + n] * inv_dim;
-        const scalar_t* An = A.data() + n * W;
-        const scalar_t* hwn = hw.data() + n * W;
-        const scalar_t* h = states.data() + ((t + 1) * N + n) * W;
-        const scalar_t* prev = states.data() + (t * N + n) * W;
-        const scalar_t* dec = decay.data() + (t * N + n) * W;
-        scalar_t* gn = g.data() + n * W;
-        scalar_t* dAn = dA.data() + n * W;
-        scalar_t* dhwn = dhw.data() + n * W;
-        scalar_t* dBn = dB_lanes.data() + n * W;
-        scalar_t* dCn = dC_lanes.data() + n * W;
+        const scalar_t* hwn = hw + n * W;
+        const scalar_t* h = states + ((t + 1) * N + n) * W;
+        scalar_t* src = source + (t * N + n) * W;
+        scalar_t* dhwn = dhw + n * W;
 #pragma omp simd
         for (int64_t k = 0; k < W; ++k) {
           const scalar_t hk = h[k];
-          const scalar_t gk = gn[k] + Cn * dy[k] + scale * (hk * shift - hk * log_or_zero(hk * hk)) + ghalt * hwn[k] +
-                              gmean * valid[k];
-          y[k] += Cn * hk;
-          dCn[k] = dy[k] * hk;
+          src[k] = Cn * dyt[k] + scale * (hk * shift - hk * log_or_zero(hk * hk)) + ghalt * hwn[k] + gmean * valid[k];
+          yt[k] += Cn * hk;
+          dC_lanes[k] = dyt[k] * hk;
           dhwn[k] += ghalt * hk;
+        }
+        dCg[n * L + t0 + t] = lane_sum(dC_lanes);  // dC_t[n]: the sum over the block's channels
+      }
+#pragma omp simd
+      for (int64_t k = 0; k < W; ++k) y[t * W + k] = yt[k];
+    }
+    // adjoint recurrence, last step of the chunk first: g_t = exp(dt_{t+1} A) g_{t+1} + source_t
+    for (int64_t t = steps - 1; t >= 0; --t) {
+      const scalar_t* dtt = dt + t * W;
+      const scalar_t* ut = u + t * W;
+      alignas(64) scalar_t gB[W] = {}, gdt[W] = {};
+      for (int64_t n = 0; n < N; ++n) {
+        const scalar_t Bn = Bg[n * L + t0 + t];
+        const scalar_t* An = A + n * W;
+        const scalar_t* prev = states + (t * N + n) * W;
+        const scalar_t* dec = decay + (t * N + n) * W;
+        const scalar_t* src = source + (t * N + n) * W;
+        scalar_t* gn = g + n * W;
+        scalar_t* dAn = dA + n * W;
+        scalar_t* dBn = dB_lanes + n * W;
+#pragma omp simd
+        for (int64_t k = 0; k < W; ++k) {
+          const scalar_t gk = gn[k] + src[k];
           dBn[k] = gk * dtt[k] * ut[k];
           gB[k] += gk * Bn;
           const scalar_t decayed_prev = dec[k] * prev[k];
@@ -173,18 +231,25 @@ PNA_CPU_MULTIVERSION void backward_block(const BackwardPointers<scalar_t>& p, co
           gn[k] = gk * dec[k];
         }
       }
-      for (int64_t n = 0; n < N; ++n) {  // dB_t[n], dC_t[n]: sums over the block's channels
-        dBg[n * L + t0 + t] = lane_sum(dB_lanes.data() + n * W);
-        dCg[n * L + t0 + t] = lane_sum(dC_lanes.data() + n * W);
-      }
-      for (int64_t k = 0; k < width; ++k) {
-        const int64_t i = (b * dims.dim + d0 + k) * L + t0 + t;
-        const scalar_t gdelta = gdt[k] * dt_grad[t * W + k];
-        p.du[i] = dtt[k] * gB[k] + dy[k] * Dskip[k];
-        p.ddelta[i] = gdelta;
+      for (int64_t n = 0; n < N; ++n) dBg[n * L + t0 + t] = lane_sum(dB_lanes + n * W);  // dB_t[n]
+#pragma omp simd
+      for (int64_t k = 0; k < W; ++k) {
+        const int64_t i = t * W + k;
+        const scalar_t gdelta = gdt[k] * dt_grad[i];
+        du[i] = dtt[k] * gB[k] + dy[i] * Dskip[k];
+        ddelta[i] = gdelta;
+        dz[i] = gout[i] * (y[i] + Dskip[k] * ut[k]) * gate_grad[i];
         dbias[k] += gdelta;
-        dD[k] += dy[k] * ut[k];
-        if (p.z != nullptr) p.dz[i] = gout[t * W + k] * (y[k] + Dskip[k] * ut[k]) * gate_grad[t * W + k];
+        dD[k] += dy[i] * ut[k];
+      }
+    }
+    // the chunk's per-channel gradients, from [step][channel] back to the (batch, D, L) layout
+    for (int64_t k = 0; k < width; ++k) {
+      const int64_t offset = (b * dims.dim + d0 + k) * L + t0;
+      for (int64_t t = 0; t < steps; ++t) p.du[offset + t] = du[t * W + k];
+      for (int64_t t = 0; t < steps; ++t) p.ddelta[offset + t] = ddelta[t * W + k];
+      if (p.z != nullptr) {
+        for (int64_t t = 0; t < steps; ++t) p.dz[offset + t] = dz[t * W + k];
       }
     }
   }
@@ -217,9 +282,13 @@ void backward(const BackwardPointers<scalar_t>& p, const ScanDims& dims, bool de
   const ChannelBlocks blocks(dims);
   const int64_t n_blocks = blocks.count(dims), items = dims.batch * n_blocks;
   const int64_t N = dims.dstate, L = dims.length;
-#pragma omp parallel for num_threads(num_threads) schedule(dynamic, 1)
-  for (int64_t item = 0; item < items; ++item) {
-    backward_block(p, dims, blocks, delta_softplus, item / n_blocks, item % n_blocks);
+#pragma omp parallel num_threads(num_threads)
+  {
+    BackwardScratch<scalar_t> scratch(dims);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t item = 0; item < items; ++item) {
+      backward_block(p, dims, blocks, delta_softplus, item / n_blocks, item % n_blocks, scratch);
+    }
   }
   sum_rows(p.dA_rows, dims.batch, dims.dim * N, dA);
   sum_rows(p.dhalt_weight_rows, dims.batch, dims.dim * N, dhalt_weight);

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 
 #include "vector_math.h"
@@ -56,15 +57,22 @@ struct ChannelBlocks {
 };
 
 // Sum of the kBlockChannels lanes of a block, as a fixed tree (lanes k and k + 8, then k + 4, ...): the same
-// order on every run, and short enough for the compiler to turn into a few vector adds and shuffles.
+// order on every run. Written on GCC vector types, so each level is one vector add of the two halves instead of
+// a chain of scalar extracts and adds.
 template <typename scalar_t>
 inline scalar_t lane_sum(const scalar_t* lanes) {
   static_assert(kBlockChannels == 16, "lane_sum is written for 16 lanes");
-  scalar_t half[8];
-  for (int k = 0; k < 8; ++k) half[k] = lanes[k] + lanes[k + 8];
-  for (int k = 0; k < 4; ++k) half[k] += half[k + 4];
-  for (int k = 0; k < 2; ++k) half[k] += half[k + 2];
-  return half[0] + half[1];
+  typedef scalar_t Half __attribute__((vector_size(8 * sizeof(scalar_t))));
+  typedef scalar_t Quarter __attribute__((vector_size(4 * sizeof(scalar_t))));
+  Half low, high;
+  std::memcpy(&low, lanes, sizeof(Half));
+  std::memcpy(&high, lanes + 8, sizeof(Half));
+  const Half half = low + high;
+  Quarter first, second;
+  std::memcpy(&first, &half, sizeof(Quarter));
+  std::memcpy(&second, reinterpret_cast<const char*>(&half) + sizeof(Quarter), sizeof(Quarter));
+  const Quarter quarter = first + second;
+  return (quarter[0] + quarter[2]) + (quarter[1] + quarter[3]);
 }
 
 // The activations below use exp_v / log1p_v, so loops over them vectorise in float32 (see vector_math.h).
