@@ -193,13 +193,25 @@ PNA_CPU_MULTIVERSION void backward_block(const BackwardPointers<scalar_t>& p, co
         const scalar_t* h = states + ((t + 1) * N + n) * W;
         scalar_t* src = source + (t * N + n) * W;
         scalar_t* dhwn = dhw + n * W;
+        if (scale != scalar_t(0)) {
 #pragma omp simd
-        for (int64_t k = 0; k < W; ++k) {
-          const scalar_t hk = h[k];
-          src[k] = Cn * dyt[k] + scale * (hk * shift - hk * log_or_zero(hk * hk)) + ghalt * hwn[k] + gmean * valid[k];
-          yt[k] += Cn * hk;
-          dC_lanes[k] = dyt[k] * hk;
-          dhwn[k] += ghalt * hk;
+          for (int64_t k = 0; k < W; ++k) {
+            const scalar_t hk = h[k];
+            src[k] = Cn * dyt[k] + scale * (hk * shift - hk * log_or_zero(hk * hk)) + ghalt * hwn[k] + gmean * valid[k];
+            yt[k] += Cn * hk;
+            dC_lanes[k] = dyt[k] * hk;
+            dhwn[k] += ghalt * hk;
+          }
+        } else {  // no entropy gradient at this step (every layer but the one the loss reads): no log to take
+#pragma omp simd
+          for (int64_t k = 0; k < W; ++k) {
+            const scalar_t hk = h[k];
+            // scale * (hk * shift) is 0, or NaN where the state or its sums are not finite, as the full term is
+            src[k] = Cn * dyt[k] + scale * (hk * shift) + ghalt * hwn[k] + gmean * valid[k];
+            yt[k] += Cn * hk;
+            dC_lanes[k] = dyt[k] * hk;
+            dhwn[k] += ghalt * hk;
+          }
         }
         dCg[n * L + t0 + t] = lane_sum(dC_lanes);  // dC_t[n]: the sum over the block's channels
       }
@@ -265,13 +277,14 @@ PNA_CPU_MULTIVERSION void backward_block(const BackwardPointers<scalar_t>& p, co
   }
 }
 
-// out[i] = sum over r < rows of parts[r * size + i], in order of r.
+// out[i] = sum over r < rows of parts[r * size + i], in order of r (row by row, so the adds run along i in vectors).
 template <typename scalar_t>
 void sum_rows(const scalar_t* parts, int64_t rows, int64_t size, scalar_t* out) {
-  for (int64_t i = 0; i < size; ++i) {
-    scalar_t total = 0;
-    for (int64_t r = 0; r < rows; ++r) total += parts[r * size + i];
-    out[i] = total;
+  std::fill(out, out + size, scalar_t(0));
+  for (int64_t r = 0; r < rows; ++r) {
+    const scalar_t* part = parts + r * size;
+#pragma omp simd
+    for (int64_t i = 0; i < size; ++i) out[i] += part[i];
   }
 }
 
@@ -294,6 +307,7 @@ void backward(const BackwardPointers<scalar_t>& p, const ScanDims& dims, bool de
   sum_rows(p.dhalt_weight_rows, dims.batch, dims.dim * N, dhalt_weight);
   sum_rows(p.dD_rows, dims.batch, dims.dim, dD);
   sum_rows(p.ddelta_bias_rows, dims.batch, dims.dim, ddelta_bias);
+#pragma omp parallel for num_threads(num_threads) schedule(static)  // rows are independent; blocks added in order
   for (int64_t b = 0; b < dims.batch; ++b) {
     for (int64_t g = 0; g < dims.groups; ++g) {
       const int64_t first = (b * n_blocks + g * blocks.per_group) * N * L, out = (b * dims.groups + g) * N * L;
