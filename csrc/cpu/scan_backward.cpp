@@ -60,7 +60,7 @@ struct BackwardScratch {
   std::vector<scalar_t> g, A, hw, dA, dhw, dB_lanes;                                 // [n][channel]
   std::vector<scalar_t> dt, dt_grad, u, gout, gate, gate_grad, dy, y, du, ddelta, dz;  // [step][channel]
   std::vector<scalar_t> states, decay, source;                                       // [step][n][channel]
-  std::vector<scalar_t> row;
+  std::vector<scalar_t> row, row2;
   explicit BackwardScratch(const ScanDims& dims) {
     const int64_t NW = dims.dstate * kBlockChannels, TW = dims.chunk * kBlockChannels;
     for (auto* v : {&g, &A, &hw, &dA, &dhw, &dB_lanes}) v->resize(NW);
@@ -69,6 +69,7 @@ struct BackwardScratch {
     decay.resize(dims.chunk * NW);
     source.resize(dims.chunk * NW);
     row.resize(dims.chunk);
+    row2.resize(dims.chunk);
   }
 };
 
@@ -113,6 +114,7 @@ PNA_CPU_MULTIVERSION void backward_block(const BackwardPointers<scalar_t>& p, co
   scalar_t* const decay = s.decay.data();
   scalar_t* const source = s.source.data();
   scalar_t* const row = s.row.data();
+  scalar_t* const row2 = s.row2.data();
   for (auto* v : {&s.g, &s.A, &s.hw, &s.dA, &s.dhw, &s.dt, &s.u, &s.gout, &s.gate_grad})
     std::fill(v->begin(), v->end(), scalar_t(0));
   std::fill(s.dt_grad.begin(), s.dt_grad.end(), scalar_t(1));
@@ -136,21 +138,19 @@ PNA_CPU_MULTIVERSION void backward_block(const BackwardPointers<scalar_t>& p, co
       for (int64_t n = 0; n < N; ++n) states[n * W + k] = checkpoint[n];
       const int64_t offset = (b * dims.dim + d0 + k) * L + t0;
       const scalar_t bias = p.delta_bias[d0 + k];
-#pragma omp simd
-      for (int64_t t = 0; t < steps; ++t) row[t] = discretize(p.delta[offset + t] + bias, delta_softplus);
-      for (int64_t t = 0; t < steps; ++t) dt[t * W + k] = row[t];
       if (delta_softplus) {
 #pragma omp simd
-        for (int64_t t = 0; t < steps; ++t) row[t] = softplus_grad(p.delta[offset + t] + bias);
-        for (int64_t t = 0; t < steps; ++t) dt_grad[t * W + k] = row[t];
+        for (int64_t t = 0; t < steps; ++t) softplus_and_grad(p.delta[offset + t] + bias, row[t], row2[t]);
+        for (int64_t t = 0; t < steps; ++t) dt_grad[t * W + k] = row2[t];
+      } else {
+        for (int64_t t = 0; t < steps; ++t) row[t] = p.delta[offset + t] + bias;
       }
+      for (int64_t t = 0; t < steps; ++t) dt[t * W + k] = row[t];
       if (p.z != nullptr) {
 #pragma omp simd
-        for (int64_t t = 0; t < steps; ++t) row[t] = silu(p.z[offset + t]);
+        for (int64_t t = 0; t < steps; ++t) silu_and_grad(p.z[offset + t], row[t], row2[t]);
         for (int64_t t = 0; t < steps; ++t) gate[t * W + k] = row[t];
-#pragma omp simd
-        for (int64_t t = 0; t < steps; ++t) row[t] = silu_grad(p.z[offset + t]);
-        for (int64_t t = 0; t < steps; ++t) gate_grad[t * W + k] = row[t];
+        for (int64_t t = 0; t < steps; ++t) gate_grad[t * W + k] = row2[t];
       }
       for (int64_t t = 0; t < steps; ++t) u[t * W + k] = p.u[offset + t];
       for (int64_t t = 0; t < steps; ++t) gout[t * W + k] = p.grad_out[offset + t];

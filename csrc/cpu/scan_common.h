@@ -77,22 +77,9 @@ inline scalar_t lane_sum(const scalar_t* lanes) {
 
 // The activations below use exp_v / log1p_v, so loops over them vectorise in float32 (see vector_math.h).
 
-// torch.nn.functional.softplus with beta 1 and threshold 20.
-template <typename scalar_t>
-inline scalar_t softplus(scalar_t x) {
-  const scalar_t below = x > scalar_t(20) ? scalar_t(0) : x;  // keeps exp finite on the branch not taken
-  return x > scalar_t(20) ? x : log1p_v(exp_v(below));
-}
-
 template <typename scalar_t>
 inline scalar_t sigmoid(scalar_t x) {
   return scalar_t(1) / (scalar_t(1) + exp_v(-x));
-}
-
-// d softplus / dx as torch computes it: 1 above the threshold 20, else sigmoid(x).
-template <typename scalar_t>
-inline scalar_t softplus_grad(scalar_t x) {
-  return x > scalar_t(20) ? scalar_t(1) : sigmoid(x);
 }
 
 template <typename scalar_t>
@@ -100,10 +87,29 @@ inline scalar_t silu(scalar_t x) {
   return x * sigmoid(x);
 }
 
+// softplus(x) and its derivative from one exp: e = exp(x), softplus = log1p(e) and d/dx = e / (1 + e) = sigmoid(x)
+// up to the threshold 20, x and 1 above it (as torch).
 template <typename scalar_t>
-inline scalar_t silu_grad(scalar_t x) {
+inline void softplus_and_grad(scalar_t x, scalar_t& value, scalar_t& grad) {
+  const scalar_t e = exp_v(x > scalar_t(20) ? scalar_t(0) : x);  // keeps exp finite on the branch not taken
+  value = x > scalar_t(20) ? x : log1p_v(e);
+  grad = x > scalar_t(20) ? scalar_t(1) : e / (scalar_t(1) + e);
+}
+
+// silu(x) and its derivative from one sigmoid.
+template <typename scalar_t>
+inline void silu_and_grad(scalar_t x, scalar_t& value, scalar_t& grad) {
   const scalar_t s = sigmoid(x);
-  return s * (scalar_t(1) + x * (scalar_t(1) - s));
+  value = x * s;
+  grad = s * (scalar_t(1) + x * (scalar_t(1) - s));
+}
+
+// torch.nn.functional.softplus with beta 1 and threshold 20 (the unused derivative is optimised away).
+template <typename scalar_t>
+inline scalar_t softplus(scalar_t x) {
+  scalar_t value, grad;
+  softplus_and_grad(x, value, grad);
+  return value;
 }
 
 // dt = softplus(x) or x, where x = delta + delta_bias.
