@@ -49,8 +49,8 @@ struct BackwardPointers {
   scalar_t* dhalt_weight_rows;  // (batch, D, N)
   scalar_t* dD_rows;            // (batch, D)
   scalar_t* ddelta_bias_rows;   // (batch, D)
-  scalar_t* dB_blocks;          // (batch, blocks, N, L)
-  scalar_t* dC_blocks;          // (batch, blocks, N, L)
+  scalar_t* dB_blocks;          // (batch, blocks, N, L); unused with whole_groups
+  scalar_t* dC_blocks;          // (batch, blocks, N, L); unused with whole_groups
 };
 
 // Per-thread buffers of backward_block, allocated once per thread and reused by every item the thread runs.
@@ -76,7 +76,7 @@ struct BackwardScratch {
 template <typename scalar_t>
 PNA_CPU_MULTIVERSION void backward_block(const BackwardPointers<scalar_t>& p, const ScanDims& dims,
                                         const ChannelBlocks& blocks, bool delta_softplus, int64_t b, int64_t block,
-                                        BackwardScratch<scalar_t>& s) {
+                                        BackwardScratch<scalar_t>& s, scalar_t* dBg, scalar_t* dCg, bool accumulate) {
   const int64_t N = dims.dstate, L = dims.length, T = dims.chunk, n_chunks = dims.n_chunks();
   const int64_t group = blocks.group(block), d0 = blocks.begin(block), width = blocks.end(block) - d0;
   // Lanes past `width` are padding: zero state, inputs and parameters keep them exactly zero, so the
@@ -84,8 +84,7 @@ PNA_CPU_MULTIVERSION void backward_block(const BackwardPointers<scalar_t>& p, co
   constexpr int64_t W = kBlockChannels;
   const scalar_t* Bg = p.B + (b * dims.groups + group) * N * L;
   const scalar_t* Cg = p.C + (b * dims.groups + group) * N * L;
-  scalar_t* dBg = p.dB_blocks + (b * blocks.count(dims) + block) * N * L;
-  scalar_t* dCg = p.dC_blocks + (b * blocks.count(dims) + block) * N * L;
+  // dBg, dCg: (N, L), where this block's dB and dC go, written (or added to, when `accumulate`)
   const scalar_t* S1 = p.entropy_sums + b * 2 * L;
   const scalar_t* S2 = S1 + L;
   const scalar_t* grad_entropy = p.grad_entropy + b * L;
@@ -213,7 +212,8 @@ PNA_CPU_MULTIVERSION void backward_block(const BackwardPointers<scalar_t>& p, co
             dhwn[k] += ghalt * hk;
           }
         }
-        dCg[n * L + t0 + t] = lane_sum(dC_lanes);  // dC_t[n]: the sum over the block's channels
+        const scalar_t dC_sum = lane_sum(dC_lanes);  // dC_t[n]: the sum over the block's channels
+        dCg[n * L + t0 + t] = accumulate ? dCg[n * L + t0 + t] + dC_sum : dC_sum;
       }
 #pragma omp simd
       for (int64_t k = 0; k < W; ++k) y[t * W + k] = yt[k];
@@ -243,7 +243,10 @@ PNA_CPU_MULTIVERSION void backward_block(const BackwardPointers<scalar_t>& p, co
           gn[k] = gk * dec[k];
         }
       }
-      for (int64_t n = 0; n < N; ++n) dBg[n * L + t0 + t] = lane_sum(dB_lanes + n * W);  // dB_t[n]
+      for (int64_t n = 0; n < N; ++n) {  // dB_t[n]
+        const scalar_t dB_sum = lane_sum(dB_lanes + n * W);
+        dBg[n * L + t0 + t] = accumulate ? dBg[n * L + t0 + t] + dB_sum : dB_sum;
+      }
 #pragma omp simd
       for (int64_t k = 0; k < W; ++k) {
         const int64_t i = t * W + k;
@@ -288,6 +291,14 @@ void sum_rows(const scalar_t* parts, int64_t rows, int64_t size, scalar_t* out) 
   }
 }
 
+// With at least this many (batch row, B/C group) pairs, a work item is a whole pair: it runs the pair's channel
+// blocks in order and adds their dB/dC straight into the output, in the order the per-block partials would be
+// summed, so without their (batch, blocks, N, L) buffers. With fewer (say batch 1), items are single blocks, so
+// more threads find work, and the partials are summed afterwards. The choice depends on the shape only.
+constexpr int64_t kMinGroupItems = 8;
+
+inline bool whole_groups(const ScanDims& dims) { return dims.batch * dims.groups >= kMinGroupItems; }
+
 template <typename scalar_t>
 void backward(const BackwardPointers<scalar_t>& p, const ScanDims& dims, bool delta_softplus, int64_t num_threads,
               scalar_t* dA, scalar_t* dB, scalar_t* dC, scalar_t* dD, scalar_t* ddelta_bias,
@@ -295,26 +306,45 @@ void backward(const BackwardPointers<scalar_t>& p, const ScanDims& dims, bool de
   const ChannelBlocks blocks(dims);
   const int64_t n_blocks = blocks.count(dims), items = dims.batch * n_blocks;
   const int64_t N = dims.dstate, L = dims.length;
+  if (whole_groups(dims)) {
 #pragma omp parallel num_threads(num_threads)
-  {
-    BackwardScratch<scalar_t> scratch(dims);
+    {
+      BackwardScratch<scalar_t> scratch(dims);
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t item = 0; item < items; ++item) {
-      backward_block(p, dims, blocks, delta_softplus, item / n_blocks, item % n_blocks, scratch);
+      for (int64_t item = 0; item < dims.batch * dims.groups; ++item) {
+        scalar_t* dB_out = dB + item * N * L;
+        scalar_t* dC_out = dC + item * N * L;
+        const int64_t b = item / dims.groups, first = (item % dims.groups) * blocks.per_group;
+        for (int64_t j = 0; j < blocks.per_group; ++j) {
+          backward_block(p, dims, blocks, delta_softplus, b, first + j, scratch, dB_out, dC_out, j > 0);
+        }
+      }
+    }
+  } else {
+#pragma omp parallel num_threads(num_threads)
+    {
+      BackwardScratch<scalar_t> scratch(dims);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t item = 0; item < items; ++item) {
+        scalar_t* dB_part = p.dB_blocks + item * N * L;
+        scalar_t* dC_part = p.dC_blocks + item * N * L;
+        backward_block(p, dims, blocks, delta_softplus, item / n_blocks, item % n_blocks, scratch, dB_part, dC_part,
+                       false);
+      }
+    }
+#pragma omp parallel for num_threads(num_threads) schedule(static)  // rows are independent; blocks added in order
+    for (int64_t b = 0; b < dims.batch; ++b) {
+      for (int64_t g = 0; g < dims.groups; ++g) {
+        const int64_t first = (b * n_blocks + g * blocks.per_group) * N * L, out = (b * dims.groups + g) * N * L;
+        sum_rows(p.dB_blocks + first, blocks.per_group, N * L, dB + out);
+        sum_rows(p.dC_blocks + first, blocks.per_group, N * L, dC + out);
+      }
     }
   }
   sum_rows(p.dA_rows, dims.batch, dims.dim * N, dA);
   sum_rows(p.dhalt_weight_rows, dims.batch, dims.dim * N, dhalt_weight);
   sum_rows(p.dD_rows, dims.batch, dims.dim, dD);
   sum_rows(p.ddelta_bias_rows, dims.batch, dims.dim, ddelta_bias);
-#pragma omp parallel for num_threads(num_threads) schedule(static)  // rows are independent; blocks added in order
-  for (int64_t b = 0; b < dims.batch; ++b) {
-    for (int64_t g = 0; g < dims.groups; ++g) {
-      const int64_t first = (b * n_blocks + g * blocks.per_group) * N * L, out = (b * dims.groups + g) * N * L;
-      sum_rows(p.dB_blocks + first, blocks.per_group, N * L, dB + out);
-      sum_rows(p.dC_blocks + first, blocks.per_group, N * L, dC + out);
-    }
-  }
   sum_rows(p.grad_halt, dims.batch * L, 1, dhalt_bias);  // halt_bias feeds every token
 }
 
@@ -346,7 +376,8 @@ ScanGrads scan_backward(const ScanArgs& a, const ScanSaved& saved, const ScanCot
   const at::Tensor dhalt_weight_rows = at::empty_like(dA_rows);
   const at::Tensor dD_rows = at::empty({dims.batch, dims.dim}, options);
   const at::Tensor ddelta_bias_rows = at::empty_like(dD_rows);
-  const at::Tensor dB_blocks = at::empty({dims.batch, n_blocks, dims.dstate, dims.length}, options);
+  const at::Tensor dB_blocks =
+      at::empty({whole_groups(dims) ? 0 : dims.batch, n_blocks, dims.dstate, dims.length}, options);
   const at::Tensor dC_blocks = at::empty_like(dB_blocks);
 
   AT_DISPATCH_FLOATING_TYPES(a.u.scalar_type(), "pna_cpu_scan_backward", [&] {
