@@ -1,14 +1,16 @@
 // Fused backward on the CPU: a reverse walk over chunks with recomputation from the forward's checkpoints.
 //
-// Work items are the forward's (batch row, channel block), with the same channel-innermost layout. For each
-// chunk, last to first, the block recomputes its states from the chunk's checkpoint into a
-// (chunk + 1, N, channels) scratch buffer (and the decay factors exp(dt A) into a (chunk, N, channels) one), then
+// The work is the forward's (batch row, channel block) units, with the same channel-innermost layout. For each
+// chunk, last to first, a block recomputes its states from the chunk's checkpoint into a (chunk + 1, N, channels)
+// scratch buffer (and the decay factors exp(dt A) into a (chunk, N, channels) one), computes every term that needs
+// h_t but not the adjoint (the source below, with the entropy's log only at steps with an entropy cotangent), then
 // runs the adjoint recurrence backwards over the chunk:
 //   g_t = exp(dt_{t+1} A) g_{t+1} + C_t dy_t + grad_entropy_t * 2 h_t (S2/S1 - log h_t^2) / S1
 //         + grad_halt_t * halt_weight + grad_channel_mean_t / D,       g_{L-1} starts from grad_last_state.
-// Gradients owned by one item (du, ddelta, dz, dinitial_state) are written directly; the others go to partial
-// buffers (per batch row for the (D,)- and (D, N)-shaped ones, per block for dB and dC) that are summed in a
-// fixed order afterwards, so the result does not depend on the number of threads.
+// Gradients owned by one block (du, ddelta, dz, dinitial_state) are written directly; the (D,)- and (D, N)-shaped
+// ones go to per-batch-row buffers summed afterwards; dB and dC are summed over a group's blocks in block order,
+// by one work item per (batch row, group) or through per-block partials (see whole_groups). Every sum runs in a
+// fixed order, so the result does not depend on the number of threads.
 #include <vector>
 
 #include <ATen/Dispatch.h>
