@@ -4,7 +4,8 @@ The extension is built once per process (pna_kernels/jit.py: torch.utils.cpp_ext
 against locks left by killed builds) into torch's extension cache (TORCH_EXTENSIONS_DIR, by default
 ~/.cache/torch_extensions), which later processes reuse. The kernels compute in float32 or float64; float16 and
 bfloat16 activations are upcast to float32 here before the call and `out` and the activation gradients are cast
-back. Work is split over (batch row, block of 16 channels) with OpenMP, using torch.get_num_threads() threads;
+back. Work is split over (batch row, block of 16 channels) with OpenMP (the backward takes a batch row's blocks
+of one B/C group as one item when there are at least 8 such pairs), using torch.get_num_threads() threads;
 every cross-item sum (entropy, halt, channel mean, parameter gradients) runs in a fixed order, so on a given
 machine results are bitwise identical from run to run and for any thread count (across machines they may differ
 in the last bits: the hot loops are compiled for baseline x86-64, AVX2 and AVX-512 and the CPU picks one).

@@ -20,7 +20,9 @@ import torch
 from pna_kernels import cpu, jit
 from pna_kernels.backends import resolve_backend
 from pna_kernels.contract import ScanCotangents
-from pna_kernels.testing import ScanCase, scan_args, scan_cotangents
+from pna_kernels.testing import (
+    RTOL, ScanCase, assert_bitwise_equal, assert_kernels_match_oracle, run_kernels, scan_args, scan_cotangents,
+)
 
 # Without any C++ compiler the backend cannot exist; with one, a failing build is a test failure, not a skip.
 pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None, reason="no C++ compiler")
@@ -43,6 +45,30 @@ def test_raw_entry_points_name_bad_arguments():
     with pytest.raises(AttributeError, match="with_channel_mean"):
         cpu.extension().scan_forward(missing_field, 1)
 
+
+# The backward splits its work two ways by shape (csrc/cpu/scan_backward.cpp, kMinGroupItems = 8): single channel
+# blocks with dB/dC partials summed afterwards when batch * groups < 8, whole (batch row, group) pairs adding into
+# dB/dC directly from 8 on. test_backends.py's parity cases are all below 8.
+WORK_SPLITS = {
+    "block-items": ScanCase(2, 24, 20, 16, 2),
+    "whole-group-items": ScanCase(4, 34, 21, 4, 2),  # 8 pairs of 17 channels: two blocks each, one padded
+}
+
+
+@pytest.mark.parametrize("case", WORK_SPLITS.values(), ids=WORK_SPLITS.keys())
+def test_both_backward_work_splits_match_oracle_for_any_thread_count(case):
+    args = scan_args(case.inputs(torch.float32, seed=3), True, cpu.CHUNK_SIZE)
+    assert_kernels_match_oracle(cpu.scan_forward, cpu.scan_backward, args, RTOL[torch.float32])
+    cot = scan_cotangents(args)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        both = run_kernels(cpu.scan_forward, cpu.scan_backward, args, cot)
+        torch.set_num_threads(1)
+        single = run_kernels(cpu.scan_forward, cpu.scan_backward, args, cot)
+    finally:
+        torch.set_num_threads(threads)
+    assert_bitwise_equal(single, both)
 
 def test_supports_and_auto_choice(monkeypatch):
     monkeypatch.delenv("PNA_BACKEND", raising=False)

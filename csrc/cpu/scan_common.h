@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 
 #include "vector_math.h"
@@ -56,35 +57,29 @@ struct ChannelBlocks {
 };
 
 // Sum of the kBlockChannels lanes of a block, as a fixed tree (lanes k and k + 8, then k + 4, ...): the same
-// order on every run, and short enough for the compiler to turn into a few vector adds and shuffles.
+// order on every run. Written on GCC vector types, so each level is one vector add of the two halves instead of
+// a chain of scalar extracts and adds.
 template <typename scalar_t>
 inline scalar_t lane_sum(const scalar_t* lanes) {
   static_assert(kBlockChannels == 16, "lane_sum is written for 16 lanes");
-  scalar_t half[8];
-  for (int k = 0; k < 8; ++k) half[k] = lanes[k] + lanes[k + 8];
-  for (int k = 0; k < 4; ++k) half[k] += half[k + 4];
-  for (int k = 0; k < 2; ++k) half[k] += half[k + 2];
-  return half[0] + half[1];
+  typedef scalar_t Half __attribute__((vector_size(8 * sizeof(scalar_t))));
+  typedef scalar_t Quarter __attribute__((vector_size(4 * sizeof(scalar_t))));
+  Half low, high;
+  std::memcpy(&low, lanes, sizeof(Half));
+  std::memcpy(&high, lanes + 8, sizeof(Half));
+  const Half half = low + high;
+  Quarter first, second;
+  std::memcpy(&first, &half, sizeof(Quarter));
+  std::memcpy(&second, reinterpret_cast<const char*>(&half) + sizeof(Quarter), sizeof(Quarter));
+  const Quarter quarter = first + second;
+  return (quarter[0] + quarter[2]) + (quarter[1] + quarter[3]);
 }
 
 // The activations below use exp_v / log1p_v, so loops over them vectorise in float32 (see vector_math.h).
 
-// torch.nn.functional.softplus with beta 1 and threshold 20.
-template <typename scalar_t>
-inline scalar_t softplus(scalar_t x) {
-  const scalar_t below = x > scalar_t(20) ? scalar_t(0) : x;  // keeps exp finite on the branch not taken
-  return x > scalar_t(20) ? x : log1p_v(exp_v(below));
-}
-
 template <typename scalar_t>
 inline scalar_t sigmoid(scalar_t x) {
   return scalar_t(1) / (scalar_t(1) + exp_v(-x));
-}
-
-// d softplus / dx as torch computes it: 1 above the threshold 20, else sigmoid(x).
-template <typename scalar_t>
-inline scalar_t softplus_grad(scalar_t x) {
-  return x > scalar_t(20) ? scalar_t(1) : sigmoid(x);
 }
 
 template <typename scalar_t>
@@ -92,10 +87,29 @@ inline scalar_t silu(scalar_t x) {
   return x * sigmoid(x);
 }
 
+// softplus(x) and its derivative from one exp: e = exp(x), softplus = log1p(e) and d/dx = e / (1 + e) = sigmoid(x)
+// up to the threshold 20, x and 1 above it (as torch).
 template <typename scalar_t>
-inline scalar_t silu_grad(scalar_t x) {
+inline void softplus_and_grad(scalar_t x, scalar_t& value, scalar_t& grad) {
+  const scalar_t e = exp_v(x > scalar_t(20) ? scalar_t(0) : x);  // keeps exp finite on the branch not taken
+  value = x > scalar_t(20) ? x : log1p_v(e);
+  grad = x > scalar_t(20) ? scalar_t(1) : e / (scalar_t(1) + e);
+}
+
+// silu(x) and its derivative from one sigmoid.
+template <typename scalar_t>
+inline void silu_and_grad(scalar_t x, scalar_t& value, scalar_t& grad) {
   const scalar_t s = sigmoid(x);
-  return s * (scalar_t(1) + x * (scalar_t(1) - s));
+  value = x * s;
+  grad = s * (scalar_t(1) + x * (scalar_t(1) - s));
+}
+
+// torch.nn.functional.softplus with beta 1 and threshold 20 (the unused derivative is optimised away).
+template <typename scalar_t>
+inline scalar_t softplus(scalar_t x) {
+  scalar_t value, grad;
+  softplus_and_grad(x, value, grad);
+  return value;
 }
 
 // dt = softplus(x) or x, where x = delta + delta_bias.

@@ -38,9 +38,21 @@ struct ForwardPointers {
   scalar_t* mean_partials;  // (batch, blocks, L, N): sum of h over the block's channels; nullptr if not asked
 };
 
+// Per-thread buffers of forward_block, allocated once per thread and reused by every item the thread runs.
+// Channel-innermost layouts ([n][channel], [step][channel], [step][n][channel]), so the vector loops run over
+// the kBlockChannels lanes of a block.
+template <typename scalar_t>
+struct ForwardScratch {
+  std::vector<scalar_t> h, A, hw, dt, u, gate, row, states;
+  explicit ForwardScratch(const ScanDims& dims)
+      : h(dims.dstate * kBlockChannels), A(h.size()), hw(h.size()), dt(dims.chunk * kBlockChannels), u(dt.size()),
+        gate(dt.size()), row(dims.chunk), states(dims.chunk * dims.dstate * kBlockChannels) {}
+};
+
 template <typename scalar_t>
 PNA_CPU_MULTIVERSION void forward_block(const ForwardPointers<scalar_t>& p, const ScanDims& dims,
-                                       const ChannelBlocks& blocks, bool delta_softplus, int64_t b, int64_t block) {
+                                       const ChannelBlocks& blocks, bool delta_softplus, int64_t b, int64_t block,
+                                       ForwardScratch<scalar_t>& s) {
   const int64_t N = dims.dstate, L = dims.length, T = dims.chunk, n_chunks = dims.n_chunks();
   const int64_t group = blocks.group(block), d0 = blocks.begin(block), width = blocks.end(block) - d0;
   // Lanes past `width` are padding: zero state, inputs and parameters keep them exactly zero, so the
@@ -50,14 +62,21 @@ PNA_CPU_MULTIVERSION void forward_block(const ForwardPointers<scalar_t>& p, cons
   const scalar_t* Cg = p.C + (b * dims.groups + group) * N * L;
   scalar_t* part = p.partials + (b * blocks.count(dims) + block) * 3 * L;
   scalar_t* mean_part = p.mean_partials == nullptr ? nullptr : p.mean_partials + (b * blocks.count(dims) + block) * L * N;
-  // Channel-innermost copies ([n][channel] and [step][channel]), so the vector loops run over W channels.
-  std::vector<scalar_t> h(N * W), A(N * W), hw(N * W), dt(T * W), u(T * W), gate(T * W, scalar_t(1)), row(T);
-  std::vector<scalar_t> y(W), s1(W), s2(W), hsum(W);
+  scalar_t* const h = s.h.data();
+  const scalar_t* const A = s.A.data();
+  const scalar_t* const hw = s.hw.data();
+  scalar_t* const dt = s.dt.data();
+  scalar_t* const u = s.u.data();
+  scalar_t* const gate = s.gate.data();
+  scalar_t* const row = s.row.data();
+  scalar_t* const states = s.states.data();
+  for (auto* buffer : {&s.h, &s.A, &s.hw, &s.dt, &s.u}) std::fill(buffer->begin(), buffer->end(), scalar_t(0));
+  std::fill(s.gate.begin(), s.gate.end(), scalar_t(1));
   for (int64_t k = 0; k < width; ++k) {
     for (int64_t n = 0; n < N; ++n) {
       h[n * W + k] = p.initial_state[(b * dims.dim + d0 + k) * N + n];
-      A[n * W + k] = p.A[(d0 + k) * N + n];
-      hw[n * W + k] = p.halt_weight[(d0 + k) * N + n];
+      s.A[n * W + k] = p.A[(d0 + k) * N + n];
+      s.hw[n * W + k] = p.halt_weight[(d0 + k) * N + n];
     }
   }
 
@@ -77,22 +96,36 @@ PNA_CPU_MULTIVERSION void forward_block(const ForwardPointers<scalar_t>& p, cons
         for (int64_t t = 0; t < steps; ++t) gate[t * W + k] = row[t];
       }
     }
+    // The recurrence alone first, every state of the chunk kept: its only serial dependence is one multiply-add
+    // per step, so the independent exps of all n keep the vector units busy.
     for (int64_t t = 0; t < steps; ++t) {
-      const scalar_t* dtt = dt.data() + t * W;
-      const scalar_t* ut = u.data() + t * W;
-      std::fill(y.begin(), y.end(), scalar_t(0));
-      std::fill(s1.begin(), s1.end(), scalar_t(0));
-      std::fill(s2.begin(), s2.end(), scalar_t(0));
-      std::fill(hsum.begin(), hsum.end(), scalar_t(0));
+      const scalar_t* dtt = dt + t * W;
+      const scalar_t* ut = u + t * W;
       for (int64_t n = 0; n < N; ++n) {
-        const scalar_t Bn = Bg[n * L + t0 + t], Cn = Cg[n * L + t0 + t];
-        scalar_t* hn = h.data() + n * W;
-        const scalar_t* An = A.data() + n * W;
-        const scalar_t* hwn = hw.data() + n * W;
+        const scalar_t Bn = Bg[n * L + t0 + t];
+        scalar_t* hn = h + n * W;
+        const scalar_t* An = A + n * W;
+        scalar_t* out = states + (t * N + n) * W;
 #pragma omp simd
         for (int64_t k = 0; k < W; ++k) {
           const scalar_t v = exp_v(dtt[k] * An[k]) * hn[k] + dtt[k] * ut[k] * Bn;
           hn[k] = v;
+          out[k] = v;
+        }
+      }
+    }
+    // Then what is read off every state (y, the entropy sums, the halt sum): independent across steps, so the log's
+    // latency never sits on the recurrence.
+    for (int64_t t = 0; t < steps; ++t) {
+      const scalar_t* ut = u + t * W;
+      alignas(64) scalar_t y[W] = {}, s1[W] = {}, s2[W] = {}, hsum[W] = {};
+      for (int64_t n = 0; n < N; ++n) {
+        const scalar_t Cn = Cg[n * L + t0 + t];
+        const scalar_t* hn = states + (t * N + n) * W;
+        const scalar_t* hwn = hw + n * W;
+#pragma omp simd
+        for (int64_t k = 0; k < W; ++k) {
+          const scalar_t v = hn[k];
           const scalar_t e = v * v;
           y[k] += Cn * v;
           s1[k] += e;
@@ -104,9 +137,9 @@ PNA_CPU_MULTIVERSION void forward_block(const ForwardPointers<scalar_t>& p, cons
       for (int64_t k = 0; k < width; ++k) {
         p.out[(b * dims.dim + d0 + k) * L + t0 + t] = (y[k] + p.D[d0 + k] * ut[k]) * gate[t * W + k];
       }
-      part[t0 + t] = lane_sum(s1.data());
-      part[L + t0 + t] = lane_sum(s2.data());
-      part[2 * L + t0 + t] = lane_sum(hsum.data());
+      part[t0 + t] = lane_sum(s1);
+      part[L + t0 + t] = lane_sum(s2);
+      part[2 * L + t0 + t] = lane_sum(hsum);
     }
   }
   for (int64_t k = 0; k < width; ++k) {
@@ -119,9 +152,13 @@ void forward(const ForwardPointers<scalar_t>& p, const ScanDims& dims, bool delt
              scalar_t halt_bias, scalar_t* entropy, scalar_t* halt, scalar_t* entropy_sums, scalar_t* channel_mean) {
   const ChannelBlocks blocks(dims);
   const int64_t n_blocks = blocks.count(dims), items = dims.batch * n_blocks, L = dims.length, N = dims.dstate;
-#pragma omp parallel for num_threads(num_threads) schedule(dynamic, 1)
-  for (int64_t item = 0; item < items; ++item) {
-    forward_block(p, dims, blocks, delta_softplus, item / n_blocks, item % n_blocks);
+#pragma omp parallel num_threads(num_threads)
+  {
+    ForwardScratch<scalar_t> scratch(dims);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t item = 0; item < items; ++item) {
+      forward_block(p, dims, blocks, delta_softplus, item / n_blocks, item % n_blocks, scratch);
+    }
   }
   for (int64_t b = 0; b < dims.batch; ++b) {
     for (int64_t t = 0; t < L; ++t) {
