@@ -174,9 +174,19 @@ def run(args: argparse.Namespace) -> int:
     generation["faithful_E_ssm"] = runner.cached_stage(
         out / "generation", "faithful_E_ssm", config,
         lambda: faithful_generation_stage(checkpoint(source), profile, args.device), base=out)
-    lap("free generation")
     free = per_run_free_generation([corrected], generation, run_name)
     free[source.label] = generation["faithful_E_ssm"]["in_dist"]["accuracy"]
+    # every other faithful parity run gets the same check (its in-distribution part decides whether it learned)
+    for group in FAITHFUL_GROUPS:
+        for job in (group_jobs(group) if group.task == "parity" else []):
+            if job.label not in free:
+                config = {"stage": "faithful_generation", "run": job.key, "n_free": profile.n_free,
+                          "n_free_ood": profile.n_free_ood}
+                free[job.label] = runner.cached_stage(
+                    out / "generation", job.label, config,
+                    lambda j=job: faithful_generation_stage(checkpoint(j), profile, args.device),
+                    base=out)["in_dist"]["accuracy"]
+    lap("free generation")
     runs = mark_runs(runs, free)
 
     excluded: dict[str, int] = {}  # group -> its main runs left out because they did not learn

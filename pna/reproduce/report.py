@@ -338,7 +338,9 @@ def _runs_table(report: MarkdownReport, runs: dict[str, dict[str, Any]], exclude
         f"{len(runs) - n_failed} of {len(runs)} main runs learned their task (parity: trace acc >= 0.99 and "
         "free-generation answer accuracy >= 0.90 in-distribution; sorting: trace acc >= 0.95); "
         f"{left_out} run(s) that did not were left out of the headline cells. Trace acc: teacher-forced accuracy "
-        "over the tokens the input determines (trace, answer, HALT, EOS; not the random input tokens).")
+        "over the tokens the input determines (trace, answer, HALT, EOS; not the random input tokens). "
+        "Free-gen acc (in-distribution): greedy generation with the strict parse on our parity test inputs for the "
+        "corrected runs; the original's generation inputs and lenient parse for the faithful parity runs.")
     report.table(["run", "epochs", "trace acc", "answer acc", "free-gen acc", "token acc", "mean r (corrected definition)", "learned",
                   "checkpoint"], [
         [name, r["epochs"], _fmt(r.get("trace_accuracy"), ".3f"), f"{r['answer_accuracy']:.3f}",
