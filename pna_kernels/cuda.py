@@ -73,8 +73,9 @@ def kernel_sources() -> list[Path]:
     return sorted(SOURCE_DIR.glob("*.cu"))
 
 
-def _hashed_sources() -> list[Path]:
-    """Everything a build reads from csrc/cuda: the kernels and their headers."""
+def source_files() -> list[Path]:
+    """Everything a build reads from csrc/cuda: the kernels and their headers (host_emulation.h included, which
+    the emulated build reads)."""
     return sorted(p for p in SOURCE_DIR.iterdir() if p.suffix in (".cu", ".cuh", ".h"))
 
 
@@ -152,7 +153,7 @@ def cache_dir() -> Path:
 def source_key(options: KernelOptions) -> str:
     """Hash of what the kernels compute: the csrc/cuda sources and the options' -D flags."""
     digest = hashlib.sha256(" ".join(options.defines()).encode())
-    for path in _hashed_sources():
+    for path in source_files():
         digest.update(b"\0" + path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:20]
 

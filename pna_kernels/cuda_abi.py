@@ -11,6 +11,7 @@ The structs are checked against the library's own sizeof (pna_cuda_struct_sizes)
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import math
@@ -99,11 +100,8 @@ class KernelLibrary:
         return ctypes.c_void_p(torch.cuda.current_stream(device).cuda_stream)
 
     def _launch(self, name: str, device: torch.device, *structs: ctypes.Structure) -> None:
-        if device.type == "cuda":
-            with torch.cuda.device(device):
-                error = getattr(self.library, name)(*map(ctypes.byref, structs), self._stream(device))
-        else:
-            error = getattr(self.library, name)(*map(ctypes.byref, structs), None)
+        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+            error = getattr(self.library, name)(*map(ctypes.byref, structs), self._stream(device))
         if error is not None:
             raise RuntimeError(f"pna cuda: {name} failed: {error.decode()}")
 

@@ -54,11 +54,6 @@ def cuda_include_dir() -> str:
     return match.group(1).strip()
 
 
-def _sources() -> list[Path]:
-    src = cuda_backend.SOURCE_DIR
-    return sorted([src / HOST_HEADER, *src.glob("*.cuh"), *src.glob("*.h"), *cuda_backend.kernel_sources()])
-
-
 @functools.cache
 def emulated_library(options: KernelOptions = DEFAULT) -> KernelLibrary:
     """The csrc/cuda kernels compiled for the host with `options`, loaded (tens of seconds on the first build)."""
@@ -67,13 +62,13 @@ def emulated_library(options: KernelOptions = DEFAULT) -> KernelLibrary:
         raise RuntimeError("a host C++ compiler (c++ or g++) is needed for the CUDA host emulation")
     flags = ["-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", *options.defines()]
     digest = hashlib.sha256(" ".join([compiler, *flags]).encode())
-    for path in _sources():
+    for path in cuda_backend.source_files():
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     build = Path(tempfile.gettempdir()) / f"pna-cuda-emulation-{digest.hexdigest()[:16]}"
     library = build / "libpna_cuda_emulated.so"
     if not library.is_file():
         work = Path(tempfile.mkdtemp(prefix="pna-cuda-emulation-build-"))
-        for path in _sources():
+        for path in cuda_backend.source_files():
             if path.name == HOST_HEADER:
                 shutil.copy(path, work)
             else:
